@@ -1,0 +1,1 @@
+"""kvmonai networks: attention blocks and segmentation architectures."""
