@@ -1,1 +1,14 @@
-"""kvmonai networks: attention blocks and segmentation architectures."""
+"""kvmonai networks: attention blocks (``kvmonai.networks.blocks``), architectures (``kvmonai.networks.nets``) and
+the :func:`create` factory."""
+
+from kvmonai.networks.factory import (
+    ARCHITECTURES,
+    PRESET_IMG_SIZE,
+    PRESETS,
+    attentions_for,
+    create,
+    network_class,
+    pairs,
+)
+
+__all__ = ["ARCHITECTURES", "PRESETS", "PRESET_IMG_SIZE", "attentions_for", "create", "network_class", "pairs"]

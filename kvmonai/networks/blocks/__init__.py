@@ -6,15 +6,19 @@ from kvmonai.networks.blocks.kv_attention import (
     borji_positional_encoding,
     positional_split,
 )
-from kvmonai.networks.blocks.swap import convert_attention, swap_attention
+from kvmonai.networks.blocks.swap import convert_attention, convert_window_attention, swap_attention
 from kvmonai.networks.blocks.transformerblock import KVTransformerBlock
+from kvmonai.networks.blocks.window_attention import WINDOW_ATTENTION_VARIANTS, KVWindowAttention
 
 __all__ = [
     "ATTENTION_VARIANTS",
     "KVSelfAttention",
     "KVTransformerBlock",
+    "KVWindowAttention",
+    "WINDOW_ATTENTION_VARIANTS",
     "borji_positional_encoding",
     "convert_attention",
+    "convert_window_attention",
     "positional_split",
     "swap_attention",
 ]

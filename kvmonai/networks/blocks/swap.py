@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import torch
 from monai.networks.blocks import SABlock
+from monai.networks.nets.swin_unetr import WindowAttention
 from torch import nn
 
 from kvmonai.networks.blocks.kv_attention import ATTENTION_VARIANTS, KVSelfAttention
+from kvmonai.networks.blocks.window_attention import KVWindowAttention
 
-__all__ = ["swap_attention", "convert_attention"]
+__all__ = ["convert_attention", "convert_window_attention", "swap_attention"]
 
 
 def _projections(block: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
@@ -98,11 +100,54 @@ def convert_attention(block: nn.Module, attention: str, pos_channels: int = 50) 
     return new
 
 
+def convert_window_attention(block: WindowAttention, attention: str) -> KVWindowAttention:
+    """A :class:`KVWindowAttention` of variant ``attention`` with ``block``'s K, V, output and position weights.
+
+    As in :func:`convert_attention`, a ``"qkv"`` target takes the source's query, or its key when it has none.
+
+    Args:
+        block: MONAI ``WindowAttention`` (or a ``KVWindowAttention``).
+        attention: ``"qkv"`` or ``"kv"``.
+
+    Raises:
+        ValueError: if ``attention`` is not a window attention variant.
+    """
+    inner = block.dim
+    fused = block.kv if isinstance(block, KVWindowAttention) and block.attention == "kv" else block.qkv
+    rows = {"k": slice(inner, 2 * inner), "v": slice(2 * inner, 3 * inner)}
+    if fused.weight.shape[0] == 2 * inner:
+        rows = {"k": slice(0, inner), "v": slice(inner, 2 * inner)}
+    rows["q"] = slice(0, inner) if fused.weight.shape[0] == 3 * inner else rows["k"]
+    has_bias = fused.bias is not None
+    new = KVWindowAttention(
+        block.dim,
+        block.num_heads,
+        block.window_size,
+        qkv_bias=has_bias,
+        attn_drop=block.attn_drop.p,
+        proj_drop=block.proj_drop.p,
+        attention=attention,
+    )
+    ref = fused.weight
+    new.to(device=ref.device, dtype=ref.dtype)
+    names = ("q", "k", "v") if attention == "qkv" else ("k", "v")
+    target = new.qkv if attention == "qkv" else new.kv
+    with torch.no_grad():
+        target.weight.copy_(torch.cat([fused.weight[rows[n]] for n in names]))
+        if has_bias:
+            target.bias.copy_(torch.cat([fused.bias[rows[n]] for n in names]))
+        new.proj.load_state_dict(block.proj.state_dict())
+        new.relative_position_bias_table.copy_(block.relative_position_bias_table)
+    new.train(block.training)
+    return new
+
+
 def swap_attention(module: nn.Module, attention: str, pos_channels: int = 50) -> nn.Module:
     """Replace, in place, every self-attention block of ``module`` by a :class:`KVSelfAttention` of ``attention``.
 
-    Works on any tree holding MONAI ``SABlock`` modules (``ViT``, ``UNETR``, ``TransformerBlock``...) or kvmonai
-    attention modules, keeping their K, V and output projection weights (see :func:`convert_attention`).
+    Works on any tree holding MONAI ``SABlock`` modules (``ViT``, ``UNETR``, ``TransformerBlock``...), MONAI Swin
+    ``WindowAttention`` modules (``SwinUNETR``; ``"qkv"`` or ``"kv"`` only) or kvmonai attention modules, keeping
+    their K, V and output projection weights (see :func:`convert_attention`, :func:`convert_window_attention`).
 
     Args:
         module: the module tree to modify. A bare attention block cannot be replaced in place: call
@@ -114,21 +159,29 @@ def swap_attention(module: nn.Module, attention: str, pos_channels: int = 50) ->
         ``module`` itself, modified.
 
     Raises:
-        ValueError: if ``attention`` is unknown, or if ``module`` holds no self-attention block at all.
+        ValueError: if ``attention`` is unknown or not available for a window attention of ``module``, or if
+            ``module`` holds no attention block at all.
         TypeError: if ``module`` is itself an attention block.
     """
     if attention not in ATTENTION_VARIANTS:
         raise ValueError(f"attention must be one of {ATTENTION_VARIANTS}, got {attention!r}.")
-    if isinstance(module, (SABlock, KVSelfAttention)):
-        raise TypeError("swap_attention needs a parent module; use convert_attention(block, attention) for a block.")
+    kinds = (SABlock, KVSelfAttention, WindowAttention)
+    if isinstance(module, kinds):
+        raise TypeError(
+            "swap_attention needs a parent module; use convert_attention(block, attention) for a single block."
+        )
     targets = [
         (parent, name, child)
         for parent in module.modules()
         for name, child in parent.named_children()
-        if isinstance(child, (SABlock, KVSelfAttention))
+        if isinstance(child, kinds)
     ]
     if not targets:
-        raise ValueError(f"{type(module).__name__} holds no SABlock or KVSelfAttention to swap.")
+        raise ValueError(f"{type(module).__name__} holds no SABlock, WindowAttention or KVSelfAttention to swap.")
     for parent, name, child in targets:
-        setattr(parent, name, convert_attention(child, attention, pos_channels))
+        if isinstance(child, WindowAttention):
+            new: nn.Module = convert_window_attention(child, attention)
+        else:
+            new = convert_attention(child, attention, pos_channels)
+        setattr(parent, name, new)
     return module

@@ -69,7 +69,7 @@ def test_convert_separate_projections_and_pos_kept():
 def test_swap_errors():
     with pytest.raises(ValueError, match="attention must be one of"):
         swap_attention(_vit(2), "q")
-    with pytest.raises(ValueError, match="holds no SABlock"):
+    with pytest.raises(ValueError, match="holds no SABlock, WindowAttention"):
         swap_attention(torch.nn.Linear(2, 2), "kv")
     with pytest.raises(TypeError, match="convert_attention"):
         swap_attention(SABlock(8, 2), "kv")

@@ -1,0 +1,78 @@
+"""Every architecture/attention pair by name: shapes, channels, determinism, export, training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kvmonai.networks import ARCHITECTURES, attentions_for, create, pairs
+
+SIZE = 64  # the tiny preset's size; SwinUNETR needs sides divisible by 32 and a >1 pixel bottleneck
+
+
+def test_fourteen_pairs():
+    assert len(pairs()) == 14
+    assert attentions_for("swin_unetr") == ("qkv", "kv")
+
+
+@pytest.mark.parametrize(("arch", "attention"), pairs())
+def test_pair_trains_on_random_data(arch, attention):
+    torch.manual_seed(0)
+    net = create(arch, attention, "tiny", in_channels=3, out_channels=3, img_size=SIZE)
+    x = torch.randn(4, 3, SIZE, SIZE)
+    target = (torch.rand(4, 3, SIZE, SIZE) > 0.7).float()
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(6):
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x), target)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0], losses
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("in_channels", [1, 5])
+def test_single_slice_and_25d_inputs(arch, in_channels):
+    net = create(arch, "kv", "tiny", in_channels=in_channels, out_channels=3, img_size=SIZE).eval()
+    assert net(torch.randn(1, in_channels, SIZE, SIZE)).shape == (1, 3, SIZE, SIZE)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_deterministic_init_and_trace(arch, tmp_path):
+    torch.manual_seed(7)
+    a = create(arch, "kv", "tiny", img_size=SIZE)
+    torch.manual_seed(7)
+    b = create(arch, "kv", "tiny", img_size=SIZE)
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), name
+    a.eval()
+    x = torch.randn(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        traced = torch.jit.trace(a, x)
+    path = tmp_path / f"{arch}.ts"
+    traced.save(str(path))
+    torch.testing.assert_close(torch.jit.load(str(path))(x), a(x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_no_parameters_created_in_forward(arch):
+    net = create(arch, "kvpos" if arch != "swin_unetr" else "kv", "tiny", img_size=SIZE)
+    before = {n: p.data_ptr() for n, p in net.named_parameters()}
+    net(torch.randn(1, 3, SIZE, SIZE))
+    assert {n: p.data_ptr() for n, p in net.named_parameters()} == before
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"arch": "vit"}, "arch must be one of"),
+        ({"arch": "setr", "attention": "qk"}, "must be one of"),
+        ({"arch": "setr", "preset": "huge"}, "preset must be one of"),
+        ({"arch": "swin_unetr", "attention": "kvpos"}, "relative position bias is kept"),
+    ],
+)
+def test_bad_names(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        create(**kwargs)
