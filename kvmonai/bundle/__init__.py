@@ -1,0 +1,18 @@
+"""Runtime pieces of the kvmonai MONAI bundles (handlers, checkpoints) and the bundle generator."""
+
+from kvmonai.bundle.checkpoint import CheckpointError, load_checkpoint, load_weights, save_atomic
+from kvmonai.bundle.evaluation import EvaluationReport
+from kvmonai.bundle.handlers import BestModelSaver, EpochCheckpoint, ResumeFromCheckpoint, RunRecorder, WeightsLoader
+
+__all__ = [
+    "BestModelSaver",
+    "CheckpointError",
+    "EpochCheckpoint",
+    "EvaluationReport",
+    "ResumeFromCheckpoint",
+    "RunRecorder",
+    "WeightsLoader",
+    "load_checkpoint",
+    "load_weights",
+    "save_atomic",
+]

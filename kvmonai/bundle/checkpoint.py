@@ -1,0 +1,119 @@
+"""Checkpoint files: atomic writes and safe loads (``weights_only=True``) with errors that say what to do."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["CheckpointError", "load_checkpoint", "load_weights", "save_atomic"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated, not a torch file or does not fit the model."""
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then rename: readers never see a partial file.
+
+    Args:
+        obj: what to save (a state dict or a dict of state dicts).
+        path: destination; its folder is created.
+
+    Returns:
+        the destination path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` (no arbitrary code runs), turning torch errors into clear ones.
+
+    Args:
+        path: the ``.pt`` file.
+        map_location: device mapping for ``torch.load``.
+
+    Returns:
+        the loaded dictionary.
+
+    Raises:
+        CheckpointError: if the file is missing, empty, truncated, not written by ``torch.save`` or holds objects
+            other than tensors and plain containers.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist: train the bundle first or pass the right path.")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (an interrupted copy?): delete it and copy it again.")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types for damaged files (RuntimeError, KeyError, EOFError...)
+        if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
+            raise CheckpointError(
+                f"checkpoint {path} holds objects other than tensors, so it is refused (weights_only=True loads "
+                "only weights; a foreign or tampered file?). Re-export it as a plain state dict."
+            ) from None
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or not a torch checkpoint ({type(e).__name__}): copy it again, or "
+            "resume from an earlier checkpoint."
+        ) from None
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dictionary of weights.")
+    return dict(obj)
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, key: str | None = None, map_location: Any = "cpu") -> None:
+    """Load network weights from ``path`` into ``model`` with a clear error when they do not fit.
+
+    Args:
+        model: the network.
+        path: a plain state dict, or a training checkpoint holding it under ``key`` (``"model"`` by default
+            when present).
+        key: entry of the checkpoint that holds the state dict.
+        map_location: device mapping.
+
+    Raises:
+        CheckpointError: if the file cannot be loaded or its keys/shapes do not match ``model`` (e.g. weights of
+            another architecture or attention variant).
+    """
+    ckpt = load_checkpoint(path, map_location)
+    if key is None and "model" in ckpt and isinstance(ckpt["model"], Mapping):
+        key = "model"
+    state = ckpt[key] if key is not None else ckpt
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+
+        def show(keys: list[str]) -> str:
+            return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+
+        details = "; ".join(
+            f"{label}: {show(keys)}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if keys
+        )
+        raise CheckpointError(
+            f"weights in {path} do not fit {type(model).__name__} ({details}). Were they trained with another "
+            "architecture, attention variant or preset?"
+        )
+    model.load_state_dict(state)

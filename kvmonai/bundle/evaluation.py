@@ -1,0 +1,143 @@
+"""Evaluation report of a bundle: a JSON summary and a per-case CSV with the paper's and the competition's metrics."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.utils import optional_import
+
+from kvmonai.bundle.handlers import write_text_atomic
+from kvmonai.metrics import (
+    EMPTY_CONVENTIONS,
+    CompetitionScoreMetric,
+    JaccardMetric,
+    SliceDiceMetric,
+    competition_score,
+    jaccard_index,
+)
+
+Events, _ = optional_import("ignite.engine", name="Events")
+
+__all__ = ["CLASS_NAMES", "EvaluationReport"]
+
+CLASS_NAMES: tuple[str, ...] = ("large_bowel", "small_bowel", "stomach")
+
+
+def _num(x: Any) -> float | None:
+    v = float(x)
+    return None if math.isnan(v) else round(v, 6)
+
+
+class EvaluationReport:
+    """Attach to an evaluator over whole case-day volumes: write ``summary.json`` and ``per_case.csv``.
+
+    Every iteration reads binary predictions and labels ``(3, H, W, D)`` per volume from ``engine.state.output``
+    (keys ``pred_key``/``label_key``, after post-processing) and the case-day id from ``id_key`` of the output or
+    the batch. The summary holds the
+    paper's Jaccard and weighted Jaccard (pixels pooled over the evaluated volumes), per-class Jaccard, the
+    per-slice Dice per class and the competition score (0.4 Dice + 0.6 (1 - normalised 3D Hausdorff)) under both
+    conventions for classes absent from prediction and truth (``skip`` and ``perfect``, see
+    ``kvmonai.metrics``). Files are written atomically at the end of the run.
+
+    Args:
+        output_dir: folder of ``summary.json`` and ``per_case.csv``.
+        settings: run description copied into the summary (architecture, attention, data, fold...).
+        pred_key: output key of the binary prediction.
+        label_key: output key of the label.
+        id_key: output key of the case-day id.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        settings: dict[str, Any] | None = None,
+        pred_key: str = "pred",
+        label_key: str = "label",
+        id_key: str = "id",
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.settings = dict(settings or {})
+        self.pred_key, self.label_key, self.id_key = pred_key, label_key, id_key
+        self.reset()
+
+    def reset(self) -> None:
+        self.jaccard = JaccardMetric(reduction="none")
+        self.dice = SliceDiceMetric(reduction="none")
+        self.score = CompetitionScoreMetric()
+        self.rows: list[dict[str, Any]] = []
+
+    def attach(self, engine: Any) -> None:
+        engine.add_event_handler(Events.STARTED, lambda e: self.reset())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        engine.add_event_handler(Events.COMPLETED, self.completed)
+
+    def iteration_completed(self, engine: Any) -> None:
+        outputs = engine.state.output
+        outputs = outputs if isinstance(outputs, list) else [outputs]
+        batch = engine.state.batch
+        batch = batch if isinstance(batch, list) else [batch] * len(outputs)
+        for i, (item, data) in enumerate(zip(outputs, batch, strict=True)):
+            pred = torch.as_tensor(item[self.pred_key]).unsqueeze(0) > 0.5
+            label = torch.as_tensor(item[self.label_key]).unsqueeze(0) > 0.5
+            self.jaccard(pred, label)
+            self.dice(pred, label)
+            self.score(pred, label)
+            case = item.get(self.id_key, data.get(self.id_key, f"volume_{len(self.rows) + i}"))
+            row: dict[str, Any] = {"id": case if isinstance(case, str) else str(case)}
+            per_class_j = jaccard_index(pred, label, reduction="none")
+            for empty in EMPTY_CONVENTIONS:
+                s = competition_score(pred, label, empty=empty)
+                row[f"score_{empty}"] = _num(s["score"])
+                if empty == "skip":
+                    for c, name in enumerate(CLASS_NAMES):
+                        row[f"dice_{name}"] = _num(s["class_dice"][c])
+                        row[f"hausdorff_{name}"] = _num(s["class_hausdorff"][c])
+            for c, name in enumerate(CLASS_NAMES):
+                row[f"jaccard_{name}"] = _num(per_class_j[c])
+            self.rows.append(row)
+
+    def summary(self) -> dict[str, Any]:
+        """The aggregate metrics of the volumes seen so far."""
+        if not self.rows:
+            raise ValueError("EvaluationReport: no volume was evaluated; is the validation fold empty?")
+        jac = self.jaccard.aggregate(reduction="none")
+        scores = self.score.aggregate_all()
+        return {
+            "settings": self.settings,
+            "num_volumes": len(self.rows),
+            "jaccard": _num(self.jaccard.aggregate(reduction="mean")),
+            "weighted_jaccard": _num(self.jaccard.aggregate(reduction="weighted")),
+            "class_jaccard": {name: _num(jac[c]) for c, name in enumerate(CLASS_NAMES)},
+            "class_dice": {
+                empty: {name: _num(v) for name, v in zip(CLASS_NAMES, self.dice.aggregate(empty=empty), strict=True)}
+                for empty in EMPTY_CONVENTIONS
+            },
+            "competition": {
+                empty: {
+                    "score": _num(s["score"]),
+                    "dice": _num(s["dice"]),
+                    "hausdorff": _num(s["hausdorff"]),
+                }
+                for empty, s in scores.items()
+            },
+            "conventions": "skip: a class absent from both prediction and truth is left out of the means; perfect: "
+            "it counts as Dice 1 and distance 0",
+        }
+
+    def completed(self, engine: Any) -> None:
+        summary = self.summary()
+        write_text_atomic(self.output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(self.rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in self.rows)
+        write_text_atomic(self.output_dir / "per_case.csv", buffer.getvalue())
+        engine.state.metrics.update(
+            {"jaccard": summary["jaccard"] or 0.0, "weighted_jaccard": summary["weighted_jaccard"] or 0.0}
+        )

@@ -1,0 +1,206 @@
+"""Generate the MONAI bundles ``bundles/<arch>_<attention>/`` from the one template in ``kvmonai/bundle/template``.
+
+Template files are copied with ``${name}`` placeholders filled in (JSON placeholders sit inside strings only, so the
+template stays valid JSON). ``scripts/make_bundles.py`` writes all 14 bundles; :func:`check_bundles` reports every
+difference between a bundle folder and what the generator makes (the tests fail on any).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from kvmonai.bundle.handlers import write_text_atomic
+
+__all__ = ["TEMPLATE_DIR", "bundle_name", "check_bundles", "render_bundle", "write_bundles"]
+
+TEMPLATE_DIR = Path(__file__).parent / "template"
+_PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
+#: files of a generated bundle that the generator owns (training outputs such as models/ and runs/ are not)
+_GENERATED_DIRS = ("configs", "docs")
+
+ARCH_INFO: dict[str, dict[str, str]] = {
+    "setr": {
+        "title": "SETR-PUP (ViT-B/16 encoder, progressive upsampling decoder)",
+        "short": "a pure transformer",
+        "reference": "Zheng S et al. Rethinking Semantic Segmentation from a Sequence-to-Sequence Perspective with "
+        "Transformers. CVPR 2021. arXiv:2012.15840",
+    },
+    "transunet": {
+        "title": "TransUNet (R50-ViT-B/16 hybrid encoder, cascaded upsampler)",
+        "short": "a hybrid CNN-transformer",
+        "reference": "Chen J et al. TransUNet: Transformers Make Strong Encoders for Medical Image Segmentation. "
+        "arXiv:2102.04306, 2021",
+    },
+    "cvt": {
+        "title": "CvT-13 U-shaped segmenter (convolutional token embedding and projections)",
+        "short": "a hybrid convolutional transformer",
+        "reference": "Wu H et al. CvT: Introducing Convolutions to Vision Transformers. ICCV 2021. arXiv:2103.15808",
+    },
+    "unetr": {
+        "title": "UNETR (MONAI, 2D, ViT-B/16 encoder)",
+        "short": "a transformer encoder with a convolutional decoder",
+        "reference": "Hatamizadeh A et al. UNETR: Transformers for 3D Medical Image Segmentation. WACV 2022. "
+        "arXiv:2103.10497",
+    },
+    "swin_unetr": {
+        "title": "SwinUNETR (MONAI, 2D, shifted-window transformer encoder)",
+        "short": "a hierarchical shifted-window transformer",
+        "reference": "Hatamizadeh A et al. Swin UNETR: Swin Transformers for Semantic Segmentation of Brain Tumors "
+        "in MRI Images. BrainLes 2021. arXiv:2201.01266",
+    },
+}
+
+ATTENTION_INFO: dict[str, tuple[str, str]] = {
+    "qkv": ("QKV", "standard multi-head self-attention (query, key and value projections), the baseline."),
+    "kv": (
+        "KV",
+        "Borji's key-value attention: no query projection, the keys are used on both sides (logits K Kᵀ), which "
+        "saves one d x d projection per attention layer.",
+    ),
+    "kvpos": (
+        "KV+Pos",
+        "Borji's key-value attention plus his 2D positional correction (a learned temperature and a per-key bias "
+        "from 50 sinusoidal channels over the (query index, key index) grid, 51 parameters per layer).",
+    ),
+}
+
+
+def bundle_name(arch: str, attention: str) -> str:
+    """Folder name of a bundle, e.g. ``setr_kv``."""
+    return f"{arch}_{attention}"
+
+
+def _fill(text: str, values: dict[str, str], source: Path) -> str:
+    def sub(match: re.Match) -> str:
+        key = match.group(1)
+        if key not in values:
+            raise KeyError(f"template {source} uses ${{{key}}}, which the generator does not define.")
+        return values[key]
+
+    return _PLACEHOLDER.sub(sub, text)
+
+
+def _performance(arch: str, attention: str, measured_dir: Path | None) -> str:
+    """Markdown for the Performance section, from measurement files produced by kvmonai commands."""
+    parts: list[str] = []
+    table = measured_dir / "complexity_paper.csv" if measured_dir else None
+    if table is not None and table.is_file():
+        with open(table, newline="") as f:
+            rows = {(r["arch"], r["attention"]): r for r in csv.DictReader(f)}
+        if (arch, attention) in rows:
+            lines = [
+                "Complexity at the paper preset (224x224, 3 input channels, 3 classes; batch 1), from "
+                "`kvmonai complexity --preset paper --format csv`:",
+                "",
+                "| attention | parameters | Δ vs QKV | GMACs | Δ vs QKV |",
+                "| --- | ---: | ---: | ---: | ---: |",
+            ]
+            for att in dict.fromkeys(("qkv", attention)):
+                r = rows[(arch, att)]
+                lines.append(
+                    f"| {att} | {int(r['params']):,} | {float(r['params_change_pct']):+.2f}% "
+                    f"| {int(r['macs']) / 1e9:.3f} | {float(r['macs_change_pct']):+.2f}% |"
+                )
+            parts.append("\n".join(lines))
+    if not parts:
+        parts.append("No measurement is recorded for this bundle yet (`kvmonai complexity` writes it).")
+    parts.append(
+        "Segmentation accuracy depends on the data you train on; `kvmonai study` trains and evaluates every "
+        "pair with the same recipe and writes the comparison table."
+    )
+    return "\n\n".join(parts)
+
+
+def render_bundle(arch: str, attention: str, measured_dir: str | os.PathLike | None = None) -> dict[str, str]:
+    """The files of one bundle: ``relative path -> text``.
+
+    Args:
+        arch: architecture name.
+        attention: attention variant.
+        measured_dir: folder with measurement files (``complexity_paper.csv``) for the README's Performance section.
+
+    Raises:
+        ValueError: for an unknown pair.
+    """
+    from kvmonai.networks import attentions_for
+
+    if attention not in attentions_for(arch):
+        raise ValueError(f"no bundle for {arch!r} with {attention!r}; attentions: {attentions_for(arch)}.")
+    info = ARCH_INFO[arch]
+    att_title, att_desc = ATTENTION_INFO[attention]
+    values = {
+        "arch": arch,
+        "attention": attention,
+        "bundle_name": bundle_name(arch, attention),
+        "arch_title": info["title"],
+        "arch_reference": info["reference"],
+        "arch_reference_short": info["short"],
+        "attention_title": att_title,
+        "attention_description": att_desc,
+        "performance": _performance(arch, attention, Path(measured_dir) if measured_dir else None),
+    }
+    files: dict[str, str] = {}
+    for path in sorted(TEMPLATE_DIR.rglob("*")):
+        if path.is_file():
+            files[path.relative_to(TEMPLATE_DIR).as_posix()] = _fill(path.read_text(), values, path)
+    return files
+
+
+def write_bundles(
+    root: str | os.PathLike,
+    pairs: Sequence[tuple[str, str]] | None = None,
+    measured_dir: str | os.PathLike | None = None,
+) -> list[Path]:
+    """Write (or refresh) bundles under ``root``; files the template no longer has are removed from the generated
+    folders (``configs/``, ``docs/``), training outputs (``models/``, ``runs/``) are left alone.
+
+    Returns:
+        the bundle folders.
+    """
+    from kvmonai.networks import pairs as all_pairs
+
+    out = []
+    for arch, attention in pairs or all_pairs():
+        folder = Path(root) / bundle_name(arch, attention)
+        files = render_bundle(arch, attention, measured_dir)
+        for rel, text in files.items():
+            target = folder / rel
+            if not target.is_file() or target.read_text() != text:
+                write_text_atomic(target, text)
+        for sub in _GENERATED_DIRS:
+            for stale in (folder / sub).rglob("*") if (folder / sub).is_dir() else []:
+                if stale.is_file() and stale.relative_to(folder).as_posix() not in files:
+                    stale.unlink()
+        out.append(folder)
+    return out
+
+
+def check_bundles(root: str | os.PathLike, measured_dir: str | os.PathLike | None = None) -> list[str]:
+    """Differences between the bundles under ``root`` and what the generator makes (empty when identical)."""
+    from kvmonai.networks import pairs as all_pairs
+
+    problems = []
+    expected_names = {bundle_name(a, t) for a, t in all_pairs()}
+    present = {p.name for p in Path(root).iterdir() if p.is_dir()} if Path(root).is_dir() else set()
+    problems += [f"{name}: bundle folder missing" for name in sorted(expected_names - present)]
+    problems += [f"{name}: not a generated bundle" for name in sorted(present - expected_names)]
+    for arch, attention in all_pairs():
+        folder = Path(root) / bundle_name(arch, attention)
+        if not folder.is_dir():
+            continue
+        files = render_bundle(arch, attention, measured_dir)
+        for rel, text in files.items():
+            target = folder / rel
+            if not target.is_file():
+                problems.append(f"{folder.name}/{rel}: missing")
+            elif target.read_text() != text:
+                problems.append(f"{folder.name}/{rel}: differs from the template")
+        for sub in _GENERATED_DIRS:
+            for extra in (folder / sub).rglob("*") if (folder / sub).is_dir() else []:
+                if extra.is_file() and extra.relative_to(folder).as_posix() not in files:
+                    problems.append(f"{folder.name}/{extra.relative_to(folder).as_posix()}: not in the template")
+    return problems

@@ -1,0 +1,39 @@
+#!/usr/bin/env python
+"""Write the 14 MONAI bundles under bundles/ from the template in kvmonai/bundle/template.
+
+Usage: python scripts/make_bundles.py [--check]
+
+--check only reports differences (exit status 1 when a bundle differs from what the generator makes).
+The README's Performance section reads docs/measured/complexity_paper.csv (written by
+`kvmonai complexity --preset paper --format csv --out docs/measured/complexity_paper.csv`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from kvmonai.bundle.generate import check_bundles, write_bundles
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLES = ROOT / "bundles"
+MEASURED = ROOT / "docs" / "measured"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only report differences")
+    args = parser.parse_args()
+    if args.check:
+        problems = check_bundles(BUNDLES, MEASURED)
+        for p in problems:
+            print(p)
+        return 1 if problems else 0
+    for folder in write_bundles(BUNDLES, measured_dir=MEASURED):
+        print(folder.relative_to(ROOT))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
