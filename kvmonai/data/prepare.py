@@ -184,10 +184,15 @@ class PrepareSummary:
 
 def _datalist_json(datalist: dict[str, Any]) -> str:
     """JSON with one line per datalist entry (readable, diff-friendly)."""
-    head = {k: v for k, v in datalist.items() if k != "training"}
-    text = json.dumps(head, indent=1)[:-2]
-    body = ",\n".join("  " + json.dumps(e) for e in datalist["training"])
-    return f'{text},\n "training": [\n{body}\n ]\n}}\n'
+    lines = ["{"]
+    for i, (key, value) in enumerate(datalist.items()):
+        comma = "," if i < len(datalist) - 1 else ""
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            rows = ",\n".join("  " + json.dumps(v) for v in value)
+            lines.append(f" {json.dumps(key)}: [\n{rows}\n ]{comma}")
+        else:
+            lines.append(f" {json.dumps(key)}: {json.dumps(value)}{comma}")
+    return "\n".join([*lines, "}"]) + "\n"
 
 
 def _check_paths(src: Path, out: Path) -> None:

@@ -107,8 +107,8 @@ def parse_rle(rle: str | float | None, num_pixels: int | None = None, source: st
         last = int(starts[-1] + lengths[-1] - 1)
         if last > num_pixels:
             raise RLEError(
-                f"{where}RLE run ends at pixel {last} but the image has only {num_pixels} pixels; the mask belongs to "
-                "a larger image or width and height were swapped."
+                f"{where}RLE run ends at pixel {last}, past the image's {num_pixels} pixels; the mask belongs to a "
+                "larger image or width and height were swapped."
             )
     return pairs
 

@@ -633,7 +633,7 @@ def write_synthetic_dataset(
     meta = {
         "generator": "kvmonai.data.synth",
         "arguments": {"cases": cases, "seed": seed, "days": days, "slices": slices, "scale": scale},
-        "summary": asdict(summary),
+        "summary": {k: v for k, v in asdict(summary).items() if k != "root"},  # reproducible: no paths
         "scans": [asdict(s) for s in specs],
     }
     _atomic_write_text(root / "synthetic.json", json.dumps(meta, indent=1) + "\n")

@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import MetaTensor
+from monai.data import MetaTensor, get_track_meta
 from monai.transforms import MapTransform, Randomizable, Transform
+from monai.transforms.traits import MultiSampleTrait
 from monai.utils import TransformBackends, convert_to_tensor
 
 __all__ = [
@@ -67,7 +68,7 @@ def neighbour_indices(index: int, depth: int, offsets: Sequence[int] = DEFAULT_O
 
 
 def _as_tensor(img: Any) -> torch.Tensor:
-    return convert_to_tensor(img, track_meta=True)
+    return convert_to_tensor(img, track_meta=get_track_meta())
 
 
 def _slice_affine(affine: torch.Tensor, index: int, dim: int) -> torch.Tensor:
@@ -241,7 +242,7 @@ class ExtractSliced(MapTransform):
         return d
 
 
-class RandSliceSamplerd(Randomizable, MapTransform):
+class RandSliceSamplerd(Randomizable, MapTransform, MultiSampleTrait):
     """Draw ``num_samples`` slice indices from a volume; returns one shallow copy of the sample per index.
 
     A fraction ``pos_fraction`` of the draws comes from slices holding an organ (when the volume has any), the rest
@@ -383,11 +384,10 @@ class ScaleIntensityRobust(Transform):
             the scaled tensor (metadata kept).
         """
         t = _as_tensor(img)
-        raw = (t.as_tensor() if isinstance(t, MetaTensor) else t).to(torch.float64)
+        raw = (t.as_tensor() if isinstance(t, MetaTensor) else t).to(torch.float32)
         flat = raw.movedim(-1, 0).reshape(raw.shape[-1], -1) if self.per_slice else raw.reshape(1, -1)
-        q = torch.tensor([self.lower / 100.0, self.upper / 100.0], dtype=torch.float64)
-        qs = torch.from_numpy(np.quantile(flat.cpu().numpy(), q.numpy(), axis=1)).to(raw.device)  # (2, S)
-        lo, hi = qs[0], qs[1]
+        qs = np.quantile(flat.cpu().numpy(), [self.lower / 100.0, self.upper / 100.0], axis=1)  # (2, S)
+        lo, hi = (torch.as_tensor(q, dtype=torch.float32, device=raw.device) for q in qs)
         span = hi - lo
         scale = torch.where(span > 0, (self.b_max - self.b_min) / torch.where(span > 0, span, 1.0), 0.0)
         out = (raw - lo) * scale + self.b_min  # (S,) broadcasts over the last axis; (1,) over everything

@@ -26,6 +26,7 @@ An empty truth with a non-empty prediction always counts (Dice 0, distance 1). T
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -207,7 +208,7 @@ def hausdorff_normalized(y_pred: Any, y: Any, method: str = "points", normalize:
         raise ValueError(f"method must be 'points' or 'surface', got {method!r}.")
     if normalize not in ("diagonal", "unit_cube"):
         raise ValueError(f"normalize must be 'diagonal' or 'unit_cube', got {normalize!r}.")
-    p, g = _pair(y_pred, y, min_dim=5)
+    p, g = _pair(y_pred, y)
     if p.ndim != 5:
         raise ValueError(f"expected volumes (B, C, H, W, D), got {tuple(p.shape)}.")
     shape = tuple(int(s) for s in p.shape[2:])
@@ -232,14 +233,16 @@ def hausdorff_normalized(y_pred: Any, y: Any, method: str = "points", normalize:
             else:
                 from monai.metrics import compute_hausdorff_distance
 
-                d = float(
-                    compute_hausdorff_distance(
-                        p[b : b + 1, c : c + 1].float(),
-                        g[b : b + 1, c : c + 1].float(),
-                        include_background=True,
-                        spacing=list(sampling),
-                    )[0, 0]
-                )
+                with warnings.catch_warnings():  # MONAI 1.6 warns about its own internal use of a deprecated argument
+                    warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*")
+                    d = float(
+                        compute_hausdorff_distance(
+                            p[b : b + 1, c : c + 1].float(),
+                            g[b : b + 1, c : c + 1].float(),
+                            include_background=True,
+                            spacing=list(sampling),
+                        )[0, 0]
+                    )
             out[b, c] = min(d / scale, 1.0)
     return out
 
