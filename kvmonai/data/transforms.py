@@ -117,7 +117,7 @@ class NeighbourChannels(Transform):
         parts = [raw[..., (idx + o).clamp(0, depth - 1)] for o in self.offsets]  # each (C, H, W, D)
         out = torch.stack(parts, dim=1).reshape(raw.shape[0] * len(self.offsets), *raw.shape[1:])
         if isinstance(t, MetaTensor):
-            return MetaTensor(out, meta=dict(t.meta))
+            return MetaTensor(out, meta=dict(t.meta), applied_operations=list(t.applied_operations))
         return out
 
 
@@ -192,7 +192,7 @@ class ExtractSlice(Transform):
             meta["affine"] = _slice_affine(t.affine, index, 2)
             meta["slice"] = index
             meta["spatial_shape"] = np.asarray(out.shape[1:])
-            return MetaTensor(out.contiguous(), meta=meta)
+            return MetaTensor(out.contiguous(), meta=meta, applied_operations=list(t.applied_operations))
         return out.contiguous()
 
 
@@ -395,7 +395,7 @@ class ScaleIntensityRobust(Transform):
             out = out.clamp(min(self.b_min, self.b_max), max(self.b_min, self.b_max))
         out = out.to(self.dtype)
         if isinstance(t, MetaTensor):
-            return MetaTensor(out, meta=t.meta)
+            return MetaTensor(out, meta=dict(t.meta), applied_operations=list(t.applied_operations))
         return out
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "JaccardMetric",
     "SliceDiceMetric",
     "competition_score",
+    "competition_scores",
     "confusion_counts",
     "hausdorff_normalized",
     "jaccard_from_counts",
@@ -306,6 +307,21 @@ def competition_score(y_pred: Any, y: Any, empty: str = "skip", method: str = "p
         NaN when every row was skipped.
     """
     return _score_parts(_volume_parts(y_pred, y, method).flatten(0, -3), _check_empty(empty))
+
+
+def competition_scores(y_pred: Any, y: Any, method: str = "points") -> dict[str, dict[str, Any]]:
+    """:func:`competition_score` under both empty conventions, computing the distances once.
+
+    Args:
+        y_pred: binary prediction volumes ``(B, C, H, W, D)``.
+        y: binary truth, same shape.
+        method: Hausdorff method (see :func:`hausdorff_normalized`).
+
+    Returns:
+        ``{"skip": {...}, "perfect": {...}}``, each as returned by :func:`competition_score`.
+    """
+    parts = _volume_parts(y_pred, y, method).flatten(0, -3)
+    return {e: _score_parts(parts, e) for e in EMPTY_CONVENTIONS}
 
 
 class JaccardMetric(CumulativeIterationMetric):

@@ -13,6 +13,7 @@ from kvmonai.metrics import (
     JaccardMetric,
     SliceDiceMetric,
     competition_score,
+    competition_scores,
     confusion_counts,
     hausdorff_normalized,
     jaccard_index,
@@ -156,6 +157,8 @@ def test_competition_score_by_hand():
     assert perfect["dice"] == pytest.approx(5 / 6) and perfect["hausdorff"] == pytest.approx(1 / 3)
     assert perfect["score"] == pytest.approx(0.4 * 5 / 6 + 0.6 * 2 / 3)
     assert perfect["class_dice"] == pytest.approx([1.0, 0.5, 1.0])
+    both = competition_scores(p, g)
+    assert both["skip"]["score"] == pytest.approx(skip["score"]) and both["perfect"] == perfect
 
     metric = CompetitionScoreMetric()
     metric(p, g)
