@@ -31,6 +31,7 @@ import io
 import json
 import logging
 import math
+import multiprocessing
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -612,7 +613,8 @@ def write_synthetic_dataset(
                 results[i] = _write_scan(root, spec, compress_level)
                 bar.update(spec.depth)
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            # spawn, not fork: the parent may hold threads (tqdm, torch) whose locks a forked child would inherit
+            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
                 futures = {pool.submit(_write_scan, root, spec, compress_level): i for i, spec in enumerate(specs)}
                 for fut in as_completed(futures):
                     i = futures[fut]
