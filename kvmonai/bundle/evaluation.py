@@ -18,7 +18,7 @@ from kvmonai.metrics import (
     CompetitionScoreMetric,
     JaccardMetric,
     SliceDiceMetric,
-    competition_score,
+    competition_scores,
     jaccard_index,
 )
 
@@ -91,8 +91,7 @@ class EvaluationReport:
             case = item.get(self.id_key, data.get(self.id_key, f"volume_{len(self.rows) + i}"))
             row: dict[str, Any] = {"id": case if isinstance(case, str) else str(case)}
             per_class_j = jaccard_index(pred, label, reduction="none")
-            for empty in EMPTY_CONVENTIONS:
-                s = competition_score(pred, label, empty=empty)
+            for empty, s in competition_scores(pred, label).items():
                 row[f"score_{empty}"] = _num(s["score"])
                 if empty == "skip":
                     for c, name in enumerate(CLASS_NAMES):

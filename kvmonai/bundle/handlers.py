@@ -78,7 +78,8 @@ class EpochCheckpoint:
 
     def __call__(self, engine: Any) -> None:
         state: dict[str, Any] = {name: obj.state_dict() for name, obj in self.save_dict.items()}
-        state["trainer"] = engine.state_dict()
+        state["trainer"] = engine.state_dict()  # iteration, epoch_length, max_epochs
+        state["epoch"] = int(engine.state.epoch)
         if self.evaluator is not None:
             state["best"] = _best_state(self.evaluator)
         save_atomic(state, self.path)

@@ -1,0 +1,194 @@
+"""Bundle runs through the real command lines: interrupt and resume, an MLflow server, torchrun with 2 processes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from kvmonai.bundle.checkpoint import load_checkpoint
+
+NAME = "setr_kv"
+
+
+def bundle_cmd(root: Path, configs: list[str], overrides: dict) -> list[str]:
+    files = [f"configs/{c}" for c in configs]
+    config_arg = files[0] if len(files) == 1 else "[" + ",".join(f"'{f}'" for f in files) + "]"
+    args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_arg]
+    for key, value in overrides.items():
+        args += [f"--{key}", str(value)]
+    return args
+
+
+def _env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(extra)
+    return env
+
+
+def _epochs(csv_path: Path) -> list[int]:
+    with open(csv_path) as f:
+        return [int(r["epoch"]) for r in csv.DictReader(f)]
+
+
+def test_interrupt_and_resume(prepared, tiny, copy_bundle, tmp_path):
+    """Kill a CLI training run after its first epoch, resume it with one override: every epoch runs exactly once."""
+    root = copy_bundle(NAME, tmp_path)
+    overrides = {**tiny, "datalist": prepared, "max_epochs": 4, "slices_per_volume": 16, "volumes_per_batch": 1}
+    run_dir = root / "runs" / f"{NAME}_fold0_seed0"
+    ckpt = run_dir / "checkpoint_last.pt"
+    proc = subprocess.Popen(
+        bundle_cmd(root, ["train.json"], overrides),
+        cwd=root,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if ckpt.is_file():
+                try:
+                    if load_checkpoint(ckpt)["epoch"] >= 1:
+                        break
+                except Exception:  # the file is replaced atomically, but may appear between polls
+                    pass
+            time.sleep(0.05)
+        assert proc.poll() is None, "training finished before it could be interrupted"
+        time.sleep(0.5)  # somewhere in the next epoch
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    done = load_checkpoint(ckpt)["epoch"]  # the last complete epoch, whatever the kill interrupted
+    assert 1 <= done < 4
+    assert _epochs(run_dir / "metrics.csv")[-1] >= done
+
+    result = subprocess.run(
+        bundle_cmd(root, ["train.json"], {**overrides, "resume": True}),
+        cwd=root,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from" in result.stdout + result.stderr
+    assert f"after epoch {done}" in result.stdout + result.stderr
+    assert load_checkpoint(ckpt)["epoch"] == 4
+    assert _epochs(run_dir / "metrics.csv") == [1, 2, 3, 4]
+    client = MlflowClient(f"sqlite:///{run_dir / 'mlruns.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("kvmonai").experiment_id])
+    assert len(runs) == 1  # the interrupted run is continued, not duplicated
+    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")]
+    assert steps == [1, 2, 3, 4]
+
+    # resuming a finished run, or without a checkpoint, fails with a message that says what to do
+    again = subprocess.run(
+        bundle_cmd(root, ["train.json"], {**overrides, "resume": True}),
+        cwd=root,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode != 0 and "raise the number of epochs" in again.stderr
+
+
+def test_foreign_weights_give_a_clear_error(prepared, tiny, copy_bundle, tmp_path):
+    root = copy_bundle(NAME, tmp_path)
+    (root / "models").mkdir()
+    torch.save({"model": {"not": torch.zeros(1)}}, root / "models" / "model.pt")
+    image = Path(prepared).parent / json.loads(Path(prepared).read_text())["training"][0]["image"]
+    overrides = {"preset": "tiny", "img_size": 64, "input_path": image, "output_dir": tmp_path / "out"}
+    result = subprocess.run(
+        bundle_cmd(root, ["inference.json"], overrides), cwd=root, env=_env(), capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert "do not fit" in result.stderr and "another architecture, attention variant or preset" in result.stderr
+    (root / "models" / "model.pt").write_bytes(b"PK\x03\x04 truncated")
+    result = subprocess.run(
+        bundle_cmd(root, ["inference.json"], overrides), cwd=root, env=_env(), capture_output=True, text=True
+    )
+    assert result.returncode != 0 and "truncated or not a torch checkpoint" in result.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_server(prepared, tiny, copy_bundle, tmp_path):
+    """A real `mlflow server` on 127.0.0.1: MLFLOW_TRACKING_URI sends the run there."""
+    port = _free_port()
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    server = subprocess.Popen(
+        [
+            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{server_dir / 'mlflow.db'}",
+            "--artifacts-destination", str(server_dir / "artifacts"),
+        ],
+        env=_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    pytest.fail("mlflow server did not start")
+                time.sleep(0.5)
+        root = copy_bundle(NAME, tmp_path)
+        result = subprocess.run(
+            bundle_cmd(root, ["train.json"], {**tiny, "datalist": prepared}),
+            cwd=root,
+            env=_env(MLFLOW_TRACKING_URI=uri),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        client = MlflowClient(uri)
+        runs = client.search_runs([client.get_experiment_by_name("kvmonai").experiment_id])
+        assert len(runs) == 1
+        assert runs[0].data.params["attention"] == "kv" and "val_jaccard" in runs[0].data.metrics
+        assert "training_curves.png" in {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+        assert not (root / "runs" / f"{NAME}_fold0_seed0" / "mlruns.db").exists()  # nothing went to the local store
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+
+
+def test_torchrun_two_processes(prepared, tiny, copy_bundle, tmp_path):
+    """multi_gpu_train.json under torchrun with 2 CPU processes (gloo)."""
+    root = copy_bundle(NAME, tmp_path)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port())]
+    cmd += bundle_cmd(root, ["train.json", "multi_gpu_train.json"], {**tiny, "datalist": prepared, "max_epochs": 2})[1:]
+    result = subprocess.run(cmd, cwd=root, env=_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = root / "runs" / f"{NAME}_fold0_seed0"
+    assert _epochs(run_dir / "metrics.csv") == [1, 2]  # written by rank 0 only
+    assert load_checkpoint(run_dir / "checkpoint_last.pt")["epoch"] == 2
+    assert (root / "models" / "model.pt").is_file()
