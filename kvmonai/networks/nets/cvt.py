@@ -24,10 +24,17 @@ Key-value (KV) attention and CvT's strided keys: CvT computes K and V at stride 
 All three remove the query path (depthwise conv ``9 d``, BatchNorm ``2 d`` and Linear ``d^2 + d`` parameters per
 attention layer). KV+Pos adds Borji's positional correction (learned temperature and per-key bias of the
 ``(query index, key index)`` sinusoidal encoding, ``m + 1`` parameters per layer) in its exact factorised form.
+At the ``"paper"`` preset (224 x 224, 3 channels, 3 classes) QKV has 21,208,531 parameters and 6.97 GMACs; every KV
+mode has 19,604,691 parameters (-7.6 %), with 6.88 (``shared_stride1``), 8.68 (``full_res``) and 5.95 (``down_up``)
+GMACs. ``shared_stride1`` is the default because it changes nothing but the query projection, so a QKV-vs-KV
+comparison isolates Q := K; ``down_up`` is the option for efficiency (its savings come from the reduced attention
+resolution). The logit scale keeps the reference's ``dim ** -0.5`` (full stage width) by default (``attn_scale``).
 
-Measured on the 2-core development CPU (torch 2.13, float32, 3 input channels, 3 classes, ``attention="qkv"``): one
-training step (forward, backward, Adam update) of the ``"small"`` preset at 128 x 128 with batch 8 takes about
-0.3 s; the ``"tiny"`` preset's forward pass at 32 x 32 takes a few milliseconds.
+Measured on the 2-core development CPU (torch 2.13, float32, 3 input channels, 3 classes; command
+``.venv/bin/python scripts/cvt_kv.py timing``): one training step (forward, backward, Adam update) of the
+``"small"`` preset (0.99 M parameters with QKV) at 128 x 128 with batch 8 takes 0.25 s with one thread on the shared
+machine (about 0.15 s with two threads when it was otherwise idle); a forward pass of the ``"tiny"`` preset (batch
+1, 1 channel) takes about 1.7 ms at 32 x 32 and 2.5 ms at 64 x 64. The design study is in ``docs/cvt_kv.md``.
 """
 
 from __future__ import annotations
