@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The main job: create .venv if missing, then print the paper's complexity table (parameters and MACs of every
-# architecture/attention pair at the paper sizes). Extra arguments go to `kvmonai complexity`
-# (e.g. --preset small --format csv). The full KV-vs-QKV study replaces this once it lands.
+# The main job: create .venv if missing, then run the KV-vs-QKV study of all 14 architecture/attention pairs.
+# With no --data it writes a small synthetic dataset to data/synthetic first. Extra arguments go to `kvmonai study`
+# (e.g. --data /path/to/kaggle/folder --preset paper --folds 0,1,2,3,4 --device cuda). A re-run skips finished runs.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 cd "$ROOT"
-exec kvmonai complexity --preset paper --out results/complexity/paper.md "$@"
+exec kvmonai study "$@"

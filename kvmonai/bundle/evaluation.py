@@ -6,9 +6,11 @@ import csv
 import io
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from monai.utils import optional_import
 
@@ -51,6 +53,8 @@ class EvaluationReport:
         pred_key: output key of the binary prediction.
         label_key: output key of the label.
         id_key: output key of the case-day id.
+        save_example: also write ``examples.npz`` with the slice of the first volume that holds the most labelled
+            pixels: the middle input channel (network resolution) and the label and prediction resampled to it.
     """
 
     def __init__(
@@ -60,11 +64,28 @@ class EvaluationReport:
         pred_key: str = "pred",
         label_key: str = "label",
         id_key: str = "id",
+        save_example: bool = True,
     ) -> None:
         self.output_dir = Path(output_dir)
+        self.save_example = save_example
         self.settings = dict(settings or {})
         self.pred_key, self.label_key, self.id_key = pred_key, label_key, id_key
         self.reset()
+
+    def _write_example(self, item: dict[str, Any], pred: torch.Tensor, label: torch.Tensor) -> None:
+        image = torch.as_tensor(item["image"]).float()
+        z = int(label[0].flatten(0, -2).sum(0).argmax()) if label.any() else label.shape[-1] // 2
+        size = image.shape[1:3]
+
+        def resample(mask: torch.Tensor) -> np.ndarray:
+            m = mask[0, ..., z].float().unsqueeze(0)
+            return torch.nn.functional.interpolate(m, size=tuple(size), mode="nearest")[0].to(torch.uint8).numpy()
+
+        centre = image[image.shape[0] // 2, ..., z].numpy()
+        tmp = self.output_dir / ".examples.tmp.npz"
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(tmp, image=centre, label=resample(label), pred=resample(pred), slice=z)
+        os.replace(tmp, self.output_dir / "examples.npz")
 
     def reset(self) -> None:
         self.jaccard = JaccardMetric(reduction="none")
@@ -99,6 +120,8 @@ class EvaluationReport:
                         row[f"hausdorff_{name}"] = _num(s["class_hausdorff"][c])
             for c, name in enumerate(CLASS_NAMES):
                 row[f"jaccard_{name}"] = _num(per_class_j[c])
+            if self.save_example and not self.rows and "image" in item:
+                self._write_example(item, pred, label)
             self.rows.append(row)
 
     def summary(self) -> dict[str, Any]:

@@ -217,7 +217,8 @@ class RunRecorder:
         self._losses.clear()
         engine.state.metrics["train_loss"] = mean_loss
         row: dict[str, Any] = {"epoch": engine.state.epoch, "train_loss": f"{mean_loss:.6f}"}
-        if self.evaluator is not None:
+        validated = self.evaluator is not None and self.evaluator.state.epoch == engine.state.epoch
+        if validated:  # metrics of this epoch's validation only (validation may run every few epochs)
             for key, value in self.evaluator.state.metrics.items():
                 if isinstance(value, (int, float)):
                     row[key if key.startswith("val_") else f"val_{key}"] = f"{float(value):.6f}"

@@ -4,7 +4,9 @@ from kvmonai.networks.blocks.kv_attention import (
     ATTENTION_VARIANTS,
     KVSelfAttention,
     borji_positional_encoding,
+    positional_frequencies,
     positional_split,
+    sincos_embedding,
 )
 from kvmonai.networks.blocks.swap import convert_attention, convert_window_attention, swap_attention
 from kvmonai.networks.blocks.transformerblock import KVTransformerBlock
@@ -19,6 +21,8 @@ __all__ = [
     "borji_positional_encoding",
     "convert_attention",
     "convert_window_attention",
+    "positional_frequencies",
     "positional_split",
+    "sincos_embedding",
     "swap_attention",
 ]

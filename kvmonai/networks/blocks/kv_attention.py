@@ -16,7 +16,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.layers.utils import get_rel_pos_embedding_layer
 
-__all__ = ["ATTENTION_VARIANTS", "KVSelfAttention", "borji_positional_encoding", "positional_split"]
+__all__ = [
+    "ATTENTION_VARIANTS",
+    "KVSelfAttention",
+    "borji_positional_encoding",
+    "positional_frequencies",
+    "positional_split",
+    "sincos_embedding",
+]
 
 #: the attention variants every kvmonai network accepts
 ATTENTION_VARIANTS: tuple[str, ...] = ("qkv", "kv", "kvpos")
@@ -44,12 +51,13 @@ def positional_split(pos_channels: int) -> tuple[int, int]:
     return query, pos_channels - query
 
 
-def _axis_frequencies(pos_channels: int) -> torch.Tensor:
+def positional_frequencies(pos_channels: int) -> torch.Tensor:
+    """Frequencies ``10000^(-2k / C')`` of one axis of Borji's encoding, ``C' = 2 ceil(m / 4)``; float64, (C'/2,)."""
     per_axis = 2 * math.ceil(pos_channels / 4)
     return 1.0 / (10000 ** (torch.arange(0, per_axis, 2, dtype=torch.float64) / per_axis))
 
 
-def _sincos(positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+def sincos_embedding(positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
     """Interleaved ``[sin(p f_0), cos(p f_0), sin(p f_1), ...]`` for each position: shape (n, 2 * len(inv_freq))."""
     angles = positions[:, None] * inv_freq[None, :]
     return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(1)
@@ -75,8 +83,8 @@ def borji_positional_encoding(num_tokens: int, pos_channels: int = 50) -> torch.
     if num_tokens < 1:
         raise ValueError(f"num_tokens must be >= 1, got {num_tokens}.")
     positional_split(pos_channels)  # validates pos_channels
-    inv_freq = _axis_frequencies(pos_channels)
-    emb = _sincos(torch.arange(num_tokens, dtype=torch.float64), inv_freq)  # (n, 2 ceil(m/4))
+    inv_freq = positional_frequencies(pos_channels)
+    emb = sincos_embedding(torch.arange(num_tokens, dtype=torch.float64), inv_freq)  # (n, 2 ceil(m/4))
     n, c = num_tokens, emb.shape[1]
     # channels [0, c) vary with the query index i (rows), [c, 2c) with the key index j (columns)
     full = torch.cat((emb[:, None, :].expand(n, n, c), emb[None, :, :].expand(n, n, c)), dim=-1)
@@ -228,7 +236,7 @@ class KVSelfAttention(nn.Module):
                 self.pos_proj.weight[0, :query_channels] = 1.0 / query_channels
                 self.pos_proj.bias.zero_()
             self.pos_query_channels = query_channels
-            self.register_buffer("pos_inv_freq", _axis_frequencies(pos_channels).float(), persistent=False)
+            self.register_buffer("pos_inv_freq", positional_frequencies(pos_channels).float(), persistent=False)
         else:
             self.pos_query_channels = 0
             self.register_buffer("pos_inv_freq", torch.zeros(0), persistent=False)
@@ -257,7 +265,7 @@ class KVSelfAttention(nn.Module):
             return torch.zeros(num_tokens, device=self.pos_inv_freq.device)
         positions = torch.arange(num_tokens, device=self.pos_inv_freq.device, dtype=self.pos_inv_freq.dtype)
         key_weight = self.pos_proj.weight[0, self.pos_query_channels :]
-        emb = _sincos(positions, self.pos_inv_freq)[:, : key_weight.shape[0]]
+        emb = sincos_embedding(positions, self.pos_inv_freq)[:, : key_weight.shape[0]]
         # the bias b is constant along each softmax row and cancels; it is kept in the sum so that every parameter
         # takes part in the graph (DistributedDataParallel requires it) and the logits equal the literal form's
         # up to the query-index channels, which cancel in the same way

@@ -50,7 +50,12 @@ from monai.networks.layers import DropPath
 from monai.utils import ensure_tuple_rep
 from torch import nn
 
-from kvmonai.networks.blocks.kv_attention import ATTENTION_VARIANTS, positional_split
+from kvmonai.networks.blocks.kv_attention import (
+    ATTENTION_VARIANTS,
+    positional_frequencies,
+    positional_split,
+    sincos_embedding,
+)
 
 __all__ = [
     "ATTN_SCALES",
@@ -129,10 +134,9 @@ def key_position_bias(weight: torch.Tensor, bias: torch.Tensor, num_keys: int, p
 def _key_position_bias(weight: torch.Tensor, bias: torch.Tensor, num_keys: int, pos_channels: int) -> torch.Tensor:
     """:func:`key_position_bias` without argument checks (``num_keys`` may be a traced size)."""
     query_channels, key_channels = positional_split(pos_channels)
-    per_axis = 2 * math.ceil(pos_channels / 4)
-    inv_freq = 1.0 / (10000 ** (torch.arange(0, per_axis, 2, device=weight.device, dtype=torch.float64) / per_axis))
-    angles = torch.arange(num_keys, device=weight.device, dtype=torch.float64)[:, None] * inv_freq[None, :]
-    emb = torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(1)[:, :key_channels].to(weight.dtype)
+    inv_freq = positional_frequencies(pos_channels).to(weight.device)
+    positions = torch.arange(num_keys, device=weight.device, dtype=torch.float64)
+    emb = sincos_embedding(positions, inv_freq)[:, :key_channels].to(weight.dtype)
     return emb @ weight[0, query_channels:] + bias
 
 

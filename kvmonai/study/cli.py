@@ -1,0 +1,137 @@
+"""``kvmonai study``: reproduce the paper's KV-vs-QKV comparison on the data at hand."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["add_arguments", "run"]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _pair_list(text: str) -> list[tuple[str, str]]:
+    from kvmonai.networks import attentions_for, pairs
+
+    if text == "all":
+        return pairs()
+    out = []
+    for item in text.split(","):
+        arch, _, attention = item.strip().rpartition("_")
+        if not arch or arch not in {a for a, _ in pairs()} or attention not in attentions_for(arch):
+            raise argparse.ArgumentTypeError(
+                f"unknown pair {item!r}; use arch_attention names such as setr_kv, swin_unetr_qkv, or 'all'."
+            )
+        out.append((arch, attention))
+    return out
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}.") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``kvmonai study``."""
+    from kvmonai.networks import PRESETS
+
+    parser.add_argument("--data", type=Path, help="Kaggle-layout folder (train.csv + train/), or a folder prepared "
+                        "by `kvmonai prepare`; default: a synthetic set written to data/synthetic")  # fmt: skip
+    parser.add_argument("--name", default=None, help="study name; results go to results/<name> (default: from data)")
+    parser.add_argument("--out", type=Path, help="result folder (default: results/<name>)")
+    parser.add_argument("--pairs", type=_pair_list, default="all", help="comma-separated pairs, e.g. setr_qkv,setr_kv")
+    parser.add_argument("--preset", default="small", choices=PRESETS, help="network sizes (default: small)")
+    parser.add_argument(
+        "--img-size", type=int, help="input size (default: 96 for small, so 14 pairs train in 15 min on 2 CPU cores; "
+        "224 paper, 64 tiny)"
+    )  # fmt: skip
+    parser.add_argument("--epochs", type=int, default=30, help="training epochs per run (default: 30)")
+    parser.add_argument("--folds", type=_int_list, default=[0], help="validation folds, e.g. 0,1,2 (default: 0)")
+    parser.add_argument("--seeds", type=_int_list, default=[0], help="seeds, e.g. 0,1,2 (default: 0)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--slices-per-volume", type=int, default=8, help="slices drawn per volume (default: 8)")
+    parser.add_argument("--volumes-per-batch", type=int, default=2, help="volumes per step (default: 2)")
+    parser.add_argument("--positive-fraction", type=float, default=0.75, help="share of slices drawn from slices "
+                        "holding an organ (default: 0.75)")  # fmt: skip
+    parser.add_argument("--val-interval", type=int, default=5, help="validate every N epochs (default: 5)")
+    parser.add_argument("--synth-cases", type=int, default=6, help="cases of the default synthetic set")
+    parser.add_argument("--synth-slices", type=int, default=48, help="slices per scan of the default synthetic set")
+    parser.add_argument("--synth-scale", type=float, default=0.5, help="image scale of the default synthetic set")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _resolve_data(args: argparse.Namespace) -> tuple[Path, str, bool, str]:
+    """(datalist, data description, synthetic?, default name)."""
+    from kvmonai.data.prepare import prepare_dataset
+    from kvmonai.data.synth import write_synthetic_dataset
+
+    data = args.data
+    if data is None:
+        data = REPO / "data" / "synthetic"
+        if not (data / "train.csv").is_file():
+            print(f"[kvmonai study] no --data: writing a synthetic dataset to {data}", file=sys.stderr)
+            write_synthetic_dataset(data, cases=args.synth_cases, seed=0, days=2, slices=args.synth_slices,
+                                    scale=args.synth_scale, progress=not args.quiet)  # fmt: skip
+    if not data.exists():
+        raise SystemExit(f"error: --data {data} does not exist.")
+    if (data / "datalist.json").is_file():
+        datalist = data / "datalist.json"
+        source = Path(json.loads(datalist.read_text()).get("source", ""))
+    elif (data / "train.csv").is_file():
+        prepared = REPO / "data" / "prepared" / data.name
+        summary = prepare_dataset(data, prepared, progress=not args.quiet)
+        datalist, source = Path(summary.datalist), data
+    else:
+        raise SystemExit(
+            f"error: --data {data} holds neither train.csv (Kaggle layout) nor datalist.json (kvmonai prepare)."
+        )
+    synthetic = (source / "synthetic.json").is_file()
+    items = json.loads(datalist.read_text())["training"]
+    note = (
+        f"{len({i['case'] for i in items})} cases, {len(items)} case-day volumes, "
+        f"{sum(i['num_slices'] for i in items)} slices from `{source}`"
+    )
+    return datalist, note, synthetic, "synthetic" if synthetic else data.name
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the study and print where the report is."""
+    import torch
+
+    from kvmonai.networks import PRESET_IMG_SIZE
+    from kvmonai.study.runner import StudyConfig, run_study
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    datalist, note, synthetic, default_name = _resolve_data(args)
+    name = args.name or f"{default_name}_{args.preset}"
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = StudyConfig(
+        datalist=datalist,
+        out=args.out or REPO / "results" / name,
+        pairs=args.pairs if isinstance(args.pairs, list) else _pair_list(args.pairs),
+        preset=args.preset,
+        img_size=args.img_size or (96 if args.preset == "small" else PRESET_IMG_SIZE[args.preset]),
+        epochs=args.epochs,
+        folds=args.folds,
+        seeds=args.seeds,
+        device=device,
+        data_note=note,
+        synthetic=synthetic,
+        overrides={
+            "slices_per_volume": args.slices_per_volume,
+            "volumes_per_batch": args.volumes_per_batch,
+            "positive_fraction": args.positive_fraction,
+            "val_interval": args.val_interval,
+        },
+    )
+    outcome = run_study(cfg, progress=not args.quiet)
+    print(f"report: {outcome['report']}")
+    if outcome["failures"]:
+        print(f"{len(outcome['failures'])} run(s) failed; see the report and {cfg.out / 'failures.json'}")
+        return 1
+    return 0

@@ -1,0 +1,164 @@
+"""Charts of the study: accuracy vs MACs, savings per architecture, training curves, predictions vs truth."""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["plot_accuracy_vs_macs", "plot_predictions", "plot_savings", "plot_training_curves"]
+
+_MARKERS = {"qkv": "o", "kv": "s", "kvpos": "^"}
+_CLASS_COLOURS = np.array([[0.95, 0.35, 0.2], [0.2, 0.8, 0.3], [0.25, 0.45, 1.0]])
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _colours(archs: Sequence[str]) -> dict[str, Any]:
+    cmap = _plt().get_cmap("tab10")
+    return {a: cmap(i) for i, a in enumerate(dict.fromkeys(archs))}
+
+
+def plot_accuracy_vs_macs(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Jaccard (mean ± std) against GMACs, one colour per architecture, one marker per attention."""
+    plt = _plt()
+    colours = _colours([r["arch"] for r in rows])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        ax.errorbar(
+            r["macs"] / 1e9, r["jaccard"], yerr=r["jaccard_std"] or 0, marker=_MARKERS[r["attention"]],
+            color=colours[r["arch"]], capsize=3, linestyle="none", markersize=8,
+        )  # fmt: skip
+    for arch, colour in colours.items():
+        ax.plot([], [], color=colour, marker="o", linestyle="none", label=arch)
+    for att, marker in _MARKERS.items():
+        ax.plot([], [], color="grey", marker=marker, linestyle="none", label=att)
+    ax.set(xlabel="GMACs per slice", ylabel="validation Jaccard", title="accuracy vs compute")
+    ax.legend(fontsize=8, ncol=2)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_savings(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Parameter and MAC change vs QKV per architecture, for KV and KV+Pos."""
+    plt = _plt()
+    variants = [r for r in rows if "params_change_pct" in r]
+    archs = list(dict.fromkeys(r["arch"] for r in variants))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=False)
+    width = 0.38
+    for ax, key, title in ((axes[0], "params_change_pct", "parameters"), (axes[1], "macs_change_pct", "MACs")):
+        for j, att in enumerate(("kv", "kvpos")):
+            vals = [next((r[key] for r in variants if r["arch"] == a and r["attention"] == att), np.nan) for a in archs]
+            bars = ax.bar(np.arange(len(archs)) + (j - 0.5) * width, vals, width, label=att)
+            ax.bar_label(bars, fmt="%.1f%%", fontsize=7)
+        ax.set_xticks(np.arange(len(archs)), archs, rotation=20)
+        ax.set(title=f"{title}: change vs QKV (%)")
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _read_curve(run_dir: Path) -> tuple[list[int], list[float], list[float]]:
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return [], [], []
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    return (
+        [int(r["epoch"]) for r in rows],
+        [float(r["train_loss"]) for r in rows],
+        [float(r["val_jaccard"]) if r.get("val_jaccard") else np.nan for r in rows],
+    )
+
+
+def plot_training_curves(results: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Training loss and validation Jaccard per epoch, one panel per architecture (first fold and seed)."""
+    plt = _plt()
+    archs = list(dict.fromkeys(r["arch"] for r in results))
+    fig, axes = plt.subplots(2, len(archs), figsize=(3.2 * len(archs), 5.5), squeeze=False)
+    for i, arch in enumerate(archs):
+        seen = set()
+        for r in results:
+            if r["arch"] != arch or r["attention"] in seen:
+                continue
+            seen.add(r["attention"])
+            epochs, loss, jac = _read_curve(Path(r["run_dir"]))
+            axes[0, i].plot(epochs, loss, marker=_MARKERS[r["attention"]], label=r["attention"])
+            validated = [(e, j) for e, j in zip(epochs, jac, strict=True) if not np.isnan(j)]
+            if validated:  # validation may run every few epochs only
+                axes[1, i].plot(*zip(*validated, strict=True), marker=_MARKERS[r["attention"]], label=r["attention"])
+        axes[0, i].set(title=arch, ylabel="training loss" if i == 0 else None)
+        axes[1, i].set(xlabel="epoch", ylabel="val. Jaccard" if i == 0 else None, ylim=(0, 1))
+        axes[0, i].legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _overlay(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(image, (0.5, 99.5))
+    grey = np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    for c in range(masks.shape[0]):
+        m = masks[c] > 0
+        rgb[m] = 0.55 * rgb[m] + 0.45 * _CLASS_COLOURS[c]
+    return rgb
+
+
+def plot_predictions(results: Sequence[dict[str, Any]], path: Path, attentions: Sequence[str] = ("qkv", "kv")) -> Path:
+    """Ground truth and predictions on validation slices: one row per architecture, QKV and KV side by side.
+
+    Reads the examples saved by the evaluation (``eval/examples.npz``) and the images from the datalist.
+    """
+    plt = _plt()
+    chosen: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in results:
+        example = Path(r["run_dir"]) / "eval" / "examples.npz"
+        if r["attention"] in attentions and example.is_file():
+            chosen.setdefault(r["arch"], {}).setdefault(r["attention"], r)
+    archs = list(chosen)
+    if not archs:
+        fig, ax = plt.subplots(figsize=(4, 1))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no saved examples", ha="center")
+        return _save(fig, path)
+    fig, axes = plt.subplots(len(archs), 1 + len(attentions), figsize=(3 * (1 + len(attentions)), 3 * len(archs)),
+                             squeeze=False)  # fmt: skip
+    for i, arch in enumerate(archs):
+        first = next(iter(chosen[arch].values()))
+        data = np.load(Path(first["run_dir"]) / "eval" / "examples.npz")
+        image = data["image"]
+        axes[i, 0].imshow(_overlay(image, data["label"]))
+        axes[i, 0].set_title(f"{arch}: truth", fontsize=9)
+        for j, att in enumerate(attentions, start=1):
+            if att in chosen[arch]:
+                pred = np.load(Path(chosen[arch][att]["run_dir"]) / "eval" / "examples.npz")["pred"]
+                jac = chosen[arch][att]["jaccard"]
+                axes[i, j].imshow(_overlay(image, pred))
+                axes[i, j].set_title(f"{att} (Jaccard {jac:.2f})", fontsize=9)
+        for ax in axes[i]:
+            ax.axis("off")
+    fig.suptitle("red: large bowel, green: small bowel, blue: stomach", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)

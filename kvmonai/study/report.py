@@ -1,0 +1,180 @@
+"""The study report: the paper's table (with changes vs QKV and paired statistics), a CSV and charts."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kvmonai.bundle.handlers import write_text_atomic
+
+__all__ = ["METRICS", "paired_difference", "summarise", "write_report"]
+
+#: result columns aggregated over runs: key -> (label, higher is better)
+METRICS: dict[str, tuple[str, bool]] = {
+    "jaccard": ("Jaccard", True),
+    "weighted_jaccard": ("weighted Jaccard", True),
+    "dice_large_bowel": ("Dice LB", True),
+    "dice_small_bowel": ("Dice SB", True),
+    "dice_stomach": ("Dice St", True),
+    "score": ("comp. score", True),
+    "latency_ms": ("latency ms", False),
+}
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return float("nan"), None
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float | None, float | None]:
+    """Mean of ``a - b`` over paired runs and its 95% confidence interval (Student t); no interval for one pair."""
+    diffs = [x - y for x, y in zip(a, b, strict=True) if x is not None and y is not None]
+    if not diffs:
+        return float("nan"), None, None
+    mean = statistics.fmean(diffs)
+    if len(diffs) < 2:
+        return mean, None, None
+    from scipy.stats import t
+
+    half = t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return mean, mean - half, mean + half
+
+
+def summarise(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (arch, attention): mean and std of each metric, changes vs QKV and paired differences."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["arch"], r["attention"]), []).append(r)
+    rows = []
+    for (arch, attention), runs in groups.items():
+        row: dict[str, Any] = {"arch": arch, "attention": attention, "runs": len(runs)}
+        row["params"], row["macs"] = runs[0]["params"], runs[0]["macs"]
+        for key in METRICS:
+            row[key], row[f"{key}_std"] = _mean_std([r.get(key) for r in runs])
+        twin = groups.get((arch, "qkv"))
+        if attention != "qkv" and twin:
+            row["params_change_pct"] = 100 * (row["params"] - twin[0]["params"]) / twin[0]["params"]
+            row["macs_change_pct"] = 100 * (row["macs"] - twin[0]["macs"]) / twin[0]["macs"]
+            by_key = {(r["fold"], r["seed"]): r for r in twin}
+            paired = [(r, by_key[(r["fold"], r["seed"])]) for r in runs if (r["fold"], r["seed"]) in by_key]
+            for key in ("jaccard", "weighted_jaccard", "score"):
+                mean, lo, hi = paired_difference([p[0][key] for p in paired], [p[1][key] for p in paired])
+                row[f"{key}_diff"], row[f"{key}_diff_lo"], row[f"{key}_diff_hi"] = mean, lo, hi
+        rows.append(row)
+    return rows
+
+
+def _fmt(mean: float | None, std: float | None, digits: int = 3) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "n/a"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def _markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    head = ["architecture", "attention", "params (M)", "Δ params", "GMACs", "Δ MACs"]
+    head += [label for label, _ in METRICS.values()]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
+    for r in rows:
+        cells = [r["arch"], r["attention"], f"{r['params'] / 1e6:.2f}"]
+        cells.append(f"{r['params_change_pct']:+.2f}%" if "params_change_pct" in r else "")
+        cells.append(f"{r['macs'] / 1e9:.3f}")
+        cells.append(f"{r['macs_change_pct']:+.2f}%" if "macs_change_pct" in r else "")
+        for key in METRICS:
+            text = _fmt(r[key], r[f"{key}_std"], 1 if key == "latency_ms" else 3)
+            if (
+                key in ("jaccard", "weighted_jaccard", "score")
+                and f"{key}_diff" in r
+                and not math.isnan(r[f"{key}_diff"])
+            ):
+                diff = r[f"{key}_diff"]
+                ci = (
+                    f", 95% CI [{r[f'{key}_diff_lo']:+.3f}, {r[f'{key}_diff_hi']:+.3f}]"
+                    if r[f"{key}_diff_lo"] is not None
+                    else ""
+                )
+                text += f" ({diff:+.3f}{ci})"
+            cells.append(text)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _csv(rows: Sequence[dict[str, Any]]) -> str:
+    fields: list[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in r.items()})
+    return buffer.getvalue()
+
+
+def write_report(cfg: Any, results: Sequence[dict[str, Any]], failures: Sequence[dict[str, Any]]) -> Path:
+    """Write ``report.md``, ``results.csv``, ``runs.csv`` and the charts to ``cfg.out``; returns the report path."""
+    from kvmonai.study.plots import plot_accuracy_vs_macs, plot_predictions, plot_savings, plot_training_curves
+
+    out = Path(cfg.out)
+    rows = summarise(results)
+    write_text_atomic(out / "results.csv", _csv(rows))
+    write_text_atomic(out / "runs.csv", _csv(results))
+    charts = []
+    if rows:
+        charts = [
+            plot_accuracy_vs_macs(rows, out / "accuracy_vs_macs.png"),
+            plot_savings(rows, out / "savings.png"),
+            plot_training_curves(results, out / "training_curves.png"),
+            plot_predictions(results, out / "predictions.png"),
+        ]
+    n_runs = len(results)
+    lines = []
+    if cfg.synthetic:
+        lines.append(
+            "**Data: the kvmonai synthetic stand-in, not real MRI. Numbers on synthetic data are no evidence "
+            "about real MRI; they only show that the pipeline runs and the models learn.**"
+        )
+    else:
+        lines.append(f"**Data: {cfg.data_note or cfg.datalist}.**")
+    lines += [
+        "",
+        f"# KV vs QKV attention study `{cfg.name}`",
+        "",
+        f"- datalist: `{Path(cfg.datalist).resolve()}`; {cfg.data_note}",
+        f"- preset `{cfg.preset}` at {cfg.img_size}x{cfg.img_size}, {cfg.epochs} epochs, folds {list(cfg.folds)}, "
+        f"seeds {list(cfg.seeds)}, device `{cfg.device}`; {n_runs} finished runs, {len(failures)} failed",
+        "- the same bundle recipe for every pair (see `bundles/*/docs/README.md`); parameters and MACs for one "
+        "input of the trained size (batch 1); latency: median forward time of one slice (batch 1, "
+        f"{cfg.device}), measured after training in the same process",
+        "- Jaccard and weighted Jaccard pool the pixels of all validation volumes (the paper's metrics); Dice is "
+        "the competition's per-slice Dice (slices empty in prediction and truth left out); the competition score "
+        "is 0.4 Dice + 0.6 (1 - normalised 3D Hausdorff) per case-day volume",
+        "- values are mean ± std over runs when there are several; for KV and KV+Pos, the number in brackets is "
+        "the paired difference to the QKV twin (same fold and seed), with a 95% confidence interval when there "
+        "are at least two pairs",
+        "",
+        _markdown_table(rows) if rows else "No run finished.",
+        "",
+    ]
+    if failures:
+        lines += ["## Failed runs", ""]
+        lines += [f"- {f['arch']}_{f['attention']} fold {f['fold']} seed {f['seed']}: `{f['error']}`" for f in failures]
+        lines.append("")
+    if charts:
+        lines += ["## Charts", ""] + [f"![{p.stem}]({p.name})" for p in charts] + [""]
+    lines += [
+        "Files: `results.csv` (this table), `runs.csv` (every run), `runs/<pair>_fold<F>_seed<S>/` (weights, "
+        "checkpoints, metrics.csv, eval/summary.json, eval/per_case.csv), MLflow store `mlruns.db` "
+        f"(`mlflow ui --backend-store-uri {cfg.tracking_uri}`).",
+        "",
+    ]
+    path = write_text_atomic(out / "report.md", "\n".join(lines))
+    write_text_atomic(out / "failures.json", json.dumps(list(failures), indent=2) + "\n")
+    return path
