@@ -114,7 +114,7 @@ def _workflow(bundle: Path, configs: Sequence[str], overrides: dict[str, Any]):
 
 
 def _run_one(cfg: StudyConfig, arch: str, attention: str, fold: int, seed: int, parent_id: str | None) -> dict:
-    from kvmonai.bundle.checkpoint import load_weights
+    from kvmonai.bundle.checkpoint import load_checkpoint, load_weights
     from kvmonai.networks import create
 
     name = f"{arch}_{attention}"
@@ -138,13 +138,16 @@ def _run_one(cfg: StudyConfig, arch: str, attention: str, fold: int, seed: int, 
         "num_workers": 0,
         **cfg.overrides,
     }
-    resume = (run_dir / "checkpoint_last.pt").is_file()  # an interrupted run of an earlier study invocation
+    # an earlier, interrupted invocation may have left a checkpoint: continue it, or only evaluate if it finished
+    ckpt = run_dir / "checkpoint_last.pt"
+    done_epochs = load_checkpoint(ckpt)["epoch"] if ckpt.is_file() else 0
     start = time.perf_counter()
-    train = _workflow(bundle, ["train.json"], {**overrides, "resume": resume})
-    try:
-        train.run()
-    finally:
-        train.finalize()
+    train = _workflow(bundle, ["train.json"], {**overrides, "resume": done_epochs > 0})
+    if done_epochs < cfg.epochs:
+        try:
+            train.run()
+        finally:
+            train.finalize()
     train_seconds = time.perf_counter() - start
     evaluate = _workflow(bundle, ["train.json", "evaluate.json"], overrides)
     try:
@@ -154,10 +157,10 @@ def _run_one(cfg: StudyConfig, arch: str, attention: str, fold: int, seed: int, 
     summary = json.loads((run_dir / "eval" / "summary.json").read_text())
     settings = json.loads((run_dir / "run_settings.json").read_text())
 
-    net = create(arch, attention, cfg.preset, in_channels=int(train.parser.get_parsed_content("in_channels")),
-                 img_size=cfg.img_size)  # fmt: skip
+    in_channels = int(train.parser.get_parsed_content("in_channels"))  # the bundle's 2.5D slice count
+    net = create(arch, attention, cfg.preset, in_channels=in_channels, img_size=cfg.img_size)
     load_weights(net, run_dir / "model.pt")
-    latency, iqr = measure_latency(net, (1, net_in_channels(net, train), cfg.img_size, cfg.img_size), cfg.device)
+    latency, iqr = measure_latency(net, (1, in_channels, cfg.img_size, cfg.img_size), cfg.device)
     result = {
         "arch": arch,
         "attention": attention,
@@ -180,11 +183,6 @@ def _run_one(cfg: StudyConfig, arch: str, attention: str, fold: int, seed: int, 
     _tag_child(cfg, f"{name}_fold{fold}_seed{seed}", parent_id, result)
     write_text_atomic(run_dir / "result.json", json.dumps(result, indent=2) + "\n")
     return result
-
-
-def net_in_channels(net: torch.nn.Module, workflow: Any) -> int:
-    """Input channels of the bundle's network (length of its 2.5D slice offsets)."""
-    return int(workflow.parser.get_parsed_content("in_channels"))
 
 
 def _tag_child(cfg: StudyConfig, run_name: str, parent_id: str | None, result: dict) -> None:

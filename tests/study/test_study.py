@@ -59,6 +59,15 @@ def test_two_pair_study_end_to_end(prepared, tmp_path, monkeypatch, capsys):
     assert main(args) == 0
     assert (out / "runs" / "setr_kv_fold0_seed0" / "result.json").stat().st_mtime_ns == stamp
 
+    # a run interrupted after training (checkpoint of the last epoch, no result) is evaluated, not retrained
+    run_dir = out / "runs" / "setr_qkv_fold0_seed0"
+    (run_dir / "result.json").unlink()
+    weights = (run_dir / "model.pt").stat().st_mtime_ns
+    assert main(args) == 0
+    assert (run_dir / "result.json").is_file() and (run_dir / "model.pt").stat().st_mtime_ns == weights
+    with open(run_dir / "metrics.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1"]
+
 
 def test_a_failing_pair_does_not_lose_the_others(prepared, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
