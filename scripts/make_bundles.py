@@ -5,7 +5,8 @@ Usage: python scripts/make_bundles.py [--check]
 
 --check only reports differences (exit status 1 when a bundle differs from what the generator makes).
 The README's Performance section reads docs/measured/complexity_paper.csv (written by
-`kvmonai complexity --preset paper --format csv --out docs/measured/complexity_paper.csv`).
+`kvmonai complexity --preset paper --format csv --out docs/measured/complexity_paper.csv`) and
+docs/measured/study_synthetic_small.csv (results.csv of the `./scripts/demo.sh` study).
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ from kvmonai.metrics import (
     CompetitionScoreMetric,
     JaccardMetric,
     SliceDiceMetric,
-    competition_scores,
     jaccard_index,
+    score_from_parts,
 )
 
 Events, _ = optional_import("ignite.engine", name="Events")
@@ -108,11 +108,12 @@ class EvaluationReport:
             label = torch.as_tensor(item[self.label_key]).unsqueeze(0) > 0.5
             self.jaccard(pred, label)
             self.dice(pred, label)
-            self.score(pred, label)
+            parts = self.score(pred, label)  # this volume's Dice sums and Hausdorff distances, also accumulated
             case = item.get(self.id_key, data.get(self.id_key, f"volume_{len(self.rows) + i}"))
             row: dict[str, Any] = {"id": case if isinstance(case, str) else str(case)}
             per_class_j = jaccard_index(pred, label, reduction="none")
-            for empty, s in competition_scores(pred, label).items():
+            for empty in EMPTY_CONVENTIONS:
+                s = score_from_parts(parts, empty)
                 row[f"score_{empty}"] = _num(s["score"])
                 if empty == "skip":
                     for c, name in enumerate(CLASS_NAMES):

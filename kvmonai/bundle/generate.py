@@ -106,11 +106,25 @@ def _performance(arch: str, attention: str, measured_dir: Path | None) -> str:
                     f"| {int(r['macs']) / 1e9:.3f} | {float(r['macs_change_pct']):+.2f}% |"
                 )
             parts.append("\n".join(lines))
+    study = measured_dir / "study_synthetic_small.csv" if measured_dir else None
+    if study is not None and study.is_file():
+        with open(study, newline="") as f:
+            found = [r for r in csv.DictReader(f) if (r["arch"], r["attention"]) == (arch, attention)]
+        if found:
+            r = found[0]
+            parts.append(
+                "Smoke run on the **synthetic** stand-in (`./scripts/demo.sh`: small preset at 96x96, 30 short "
+                "epochs, fold 0, seed 0, CPU; numbers on synthetic data are no evidence about real MRI): "
+                f"validation Jaccard {float(r['jaccard']):.3f}, weighted Jaccard {float(r['weighted_jaccard']):.3f}, "
+                f"Dice large bowel / small bowel / stomach {float(r['dice_large_bowel']):.3f} / "
+                f"{float(r['dice_small_bowel']):.3f} / {float(r['dice_stomach']):.3f}, competition score "
+                f"{float(r['score']):.3f}, {float(r['latency_ms']):.1f} ms per slice (batch 1, CPU)."
+            )
     if not parts:
         parts.append("No measurement is recorded for this bundle yet (`kvmonai complexity` writes it).")
     parts.append(
-        "Segmentation accuracy depends on the data you train on; `kvmonai study` trains and evaluates every "
-        "pair with the same recipe and writes the comparison table."
+        "Accuracy on real data depends on the data and the training budget; `kvmonai study --data <folder>` trains "
+        "and evaluates every pair with the same recipe and writes the comparison table."
     )
     return "\n\n".join(parts)
 

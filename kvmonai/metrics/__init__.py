@@ -12,6 +12,7 @@ from kvmonai.metrics.segmentation import (
     hausdorff_normalized,
     jaccard_from_counts,
     jaccard_index,
+    score_from_parts,
     slice_dice,
 )
 
@@ -26,5 +27,6 @@ __all__ = [
     "hausdorff_normalized",
     "jaccard_from_counts",
     "jaccard_index",
+    "score_from_parts",
     "slice_dice",
 ]

@@ -45,6 +45,7 @@ __all__ = [
     "hausdorff_normalized",
     "jaccard_from_counts",
     "jaccard_index",
+    "score_from_parts",
     "slice_dice",
 ]
 
@@ -274,6 +275,22 @@ def _score_parts(parts: torch.Tensor, empty: str) -> dict[str, Any]:
         "class_dice": class_dice.tolist(),
         "class_hausdorff": class_hd.tolist(),
     }
+
+
+def score_from_parts(parts: torch.Tensor, empty: str = "skip") -> dict[str, Any]:
+    """Competition score components from per-volume parts, e.g. what a :class:`CompetitionScoreMetric` call returns.
+
+    Lets a caller that already holds a volume's parts (Dice sums and the normalised Hausdorff distances, the costly
+    part) report that volume under both conventions without computing the distances again.
+
+    Args:
+        parts: ``(N, C, 4)`` per volume and class: Dice sum, Dice rows, both-empty rows, normalised Hausdorff.
+        empty: ``"skip"`` or ``"perfect"``.
+
+    Returns:
+        as :func:`competition_score`.
+    """
+    return _score_parts(torch.as_tensor(parts).flatten(0, -3), _check_empty(empty))
 
 
 def _volume_parts(y_pred: Any, y: Any, method: str) -> torch.Tensor:

@@ -184,3 +184,20 @@ def test_perfect_prediction_and_bad_input():
         hausdorff_normalized(g, g, method="mean")
     with pytest.raises(ValueError, match="empty must be"):
         competition_score(g, g, empty="zero")
+
+
+def test_score_from_parts_matches_competition_score():
+    """A volume's parts (one metric call) give the same score as computing it from the masks, both conventions."""
+    import torch
+
+    from kvmonai.metrics import CompetitionScoreMetric, competition_score, score_from_parts
+
+    g = torch.zeros(1, 3, 8, 9, 5, dtype=torch.bool)
+    g[0, 0, 2:5, 2:6, 1:4] = True
+    g[0, 2, 5:7, 1:3, 2] = True
+    p = torch.zeros_like(g)
+    p[0, 0, 3:6, 2:6, 1:3] = True
+    p[0, 1, 0:2, 0:2, 4] = True
+    parts = CompetitionScoreMetric()(p, g)
+    for empty in ("skip", "perfect"):
+        assert score_from_parts(parts, empty) == competition_score(p, g, empty=empty)
