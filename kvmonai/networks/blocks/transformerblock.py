@@ -37,6 +37,8 @@ class KVTransformerBlock(TransformerBlock):
         attention: ``"qkv"``, ``"kv"`` or ``"kvpos"``.
         pos_channels: channels ``m`` of the KV+Pos correction.
         layer_norm_eps: epsilon of the two pre-norm ``LayerNorm`` layers (MONAI: 1e-5; ViT/TransUNet: 1e-6).
+        attention_dropout_rate: dropout of the attention weights and output when it differs from the MLP's
+            ``dropout_rate`` (TransUNet: 0.0 with an MLP dropout of 0.1); ``None`` uses ``dropout_rate``.
 
     Raises:
         ValueError: for invalid attention arguments (see :class:`KVSelfAttention`).
@@ -59,12 +61,13 @@ class KVTransformerBlock(TransformerBlock):
         attention: str = "kv",
         pos_channels: int = 50,
         layer_norm_eps: float = 1e-5,
+        attention_dropout_rate: float | None = None,
     ) -> None:
         # validate the attention arguments before the parent builds anything
         attn = KVSelfAttention(
             hidden_size,
             num_heads,
-            dropout_rate,
+            dropout_rate if attention_dropout_rate is None else attention_dropout_rate,
             qkv_bias=qkv_bias,
             save_attn=save_attn,
             causal=causal,

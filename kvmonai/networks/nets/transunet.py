@@ -339,14 +339,12 @@ class TransUNet(nn.Module):
                     attention=attention,
                     pos_channels=pos_channels,
                     layer_norm_eps=1e-6,
+                    attention_dropout_rate=attention_dropout_rate,
                 )
                 for _ in range(num_layers)
             ]
         )
         for block in self.blocks:
-            # MONAI's block uses one dropout rate for the MLP and the attention; the reference separates them
-            block.attn.dropout_rate = attention_dropout_rate
-            block.attn.drop_output = nn.Dropout(attention_dropout_rate)
             # reference MLP initialisation: Xavier-uniform weights, N(0, 1e-6) biases
             for linear in (block.mlp.linear1, block.mlp.linear2):
                 nn.init.xavier_uniform_(linear.weight)

@@ -31,3 +31,11 @@ def test_block_script():
     block = KVTransformerBlock(32, 64, 4, attention="kvpos").eval()
     x = torch.randn(2, 7, 32)
     torch.testing.assert_close(torch.jit.script(block)(x), block(x))
+
+
+def test_separate_attention_dropout():
+    block = KVTransformerBlock(32, 64, 4, dropout_rate=0.1, attention_dropout_rate=0.0)
+    assert block.attn.dropout_rate == 0.0 and block.attn.drop_output.p == 0.0
+    assert block.mlp.drop1.p == 0.1
+    with pytest.raises(ValueError, match="dropout_rate must be in"):
+        KVTransformerBlock(32, 64, 4, attention_dropout_rate=2.0)
