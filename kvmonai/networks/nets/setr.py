@@ -104,6 +104,8 @@ class SETR(nn.Module):
         ValueError: if an argument is out of range (see the messages).
     """
 
+    __constants__ = ["num_prefix", "use_mla", "tap_after"]
+
     def __init__(
         self,
         in_channels: int,
@@ -165,9 +167,11 @@ class SETR(nn.Module):
             for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(hidden_size, eps=1e-6)
-        # layers whose tokens the MLA decoder reads (1-based: L/4, L/2, 3L/4, L); the last uses self.norm
-        self.tap_layers = [num_layers * (i + 1) // 4 - 1 for i in range(4)] if decoder == "mla" else []
-        self.tap_norms = nn.ModuleList(nn.LayerNorm(hidden_size, eps=1e-6) for _ in self.tap_layers[:-1])
+        # the MLA decoder reads the tokens after layers L/4, L/2, 3L/4 (own LayerNorms) and L (self.norm)
+        self.use_mla = decoder == "mla"
+        taps = {num_layers * (i + 1) // 4 - 1 for i in range(3)} if self.use_mla else set()
+        self.tap_after = tuple(i in taps for i in range(num_layers))
+        self.tap_norms = nn.ModuleList(nn.LayerNorm(hidden_size, eps=1e-6) for _ in taps)
 
         c = decoder_channels
         if decoder == "naive":
@@ -187,13 +191,19 @@ class SETR(nn.Module):
             self.head = nn.Sequential(*layers)
         else:
             self.mla_reduce = nn.ModuleList(_conv_bn_relu(hidden_size, c, 1, bias=False) for _ in range(4))
-            self.mla_smooth = nn.ModuleList(_conv_bn_relu(c, c, 3, bias=False) for _ in range(4))
-            self.mla_heads = nn.ModuleList(
-                nn.Sequential(_conv_bn_relu(c, c // 2, 3, bias=False), _conv_bn_relu(c // 2, c // 2, 3, bias=False))
+            # per level: 3x3 smoothing conv, two 3x3 convs to c/2 channels, x4 upsampling
+            self.mla_levels = nn.ModuleList(
+                nn.Sequential(
+                    _conv_bn_relu(c, c, 3, bias=False),
+                    _conv_bn_relu(c, c // 2, 3, bias=False),
+                    _conv_bn_relu(c // 2, c // 2, 3, bias=False),
+                    _upsample(4),
+                )
                 for _ in range(4)
             )
-            self.mla_up = _upsample(4)
             self.head = nn.Sequential(nn.Conv2d(2 * c, out_channels, 3, padding=1), _upsample(patch_size // 4))
+        if not self.use_mla:  # empty placeholders keep forward compilable by TorchScript
+            self.mla_reduce, self.mla_levels = nn.ModuleList(), nn.ModuleList()
 
     def _to_grid(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, prefix + h*w, C) -> (B, C, h, w)."""
@@ -203,26 +213,27 @@ class SETR(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_channels, H, W) -> (B, out_channels, H, W) logits."""
         tokens = self.patch_embedding(x)
-        if self.num_prefix:
+        if self.num_prefix > 0:
             cls = (self.cls_token + self.cls_position).expand(tokens.shape[0], -1, -1)
             tokens = torch.cat((cls, tokens), dim=1)
         taps: list[torch.Tensor] = []
-        tap_index = 0
         for i, block in enumerate(self.blocks):
             tokens = block(tokens)
-            if i in self.tap_layers[:-1]:
-                taps.append(self.tap_norms[tap_index](tokens))
-                tap_index += 1
+            if self.tap_after[i]:
+                taps.append(tokens)
         tokens = self.norm(tokens)
-        if self.decoder != "mla":
+        if not self.use_mla:
             return self.head(self._to_grid(tokens))
 
+        for j, norm in enumerate(self.tap_norms):
+            taps[j] = norm(taps[j])
         taps.append(tokens)
-        levels = [reduce(self._to_grid(t)) for reduce, t in zip(self.mla_reduce, taps, strict=True)]
+        levels: list[torch.Tensor] = []
+        for j, reduce in enumerate(self.mla_reduce):
+            levels.append(reduce(self._to_grid(taps[j])))
         for i in range(len(levels) - 2, -1, -1):  # top-down: deepest level first
             levels[i] = levels[i] + levels[i + 1]
-        outs = [
-            self.mla_up(head(smooth(level)))
-            for smooth, head, level in zip(self.mla_smooth, self.mla_heads, levels, strict=True)
-        ]
+        outs: list[torch.Tensor] = []
+        for j, level_head in enumerate(self.mla_levels):
+            outs.append(level_head(levels[j]))
         return self.head(torch.cat(outs, dim=1))

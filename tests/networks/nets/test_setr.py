@@ -56,3 +56,10 @@ def test_bad_arguments(kwargs, message):
     args = {"in_channels": 3, "out_channels": 3, "img_size": 32, **TINY, **kwargs}
     with pytest.raises(ValueError, match=message):
         SETR(**args)
+
+
+@pytest.mark.parametrize("decoder", ["naive", "pup", "mla"])
+def test_script_export(decoder):
+    net = SETR(3, 3, 32, **{**TINY, "decoder": decoder, "num_layers": 4}, attention="kvpos").eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(torch.jit.script(net)(x), net(x))
