@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,6 @@ import numpy as np
 import torch
 from monai.utils import optional_import
 
-from kvmonai.bundle.handlers import write_text_atomic
 from kvmonai.metrics import (
     EMPTY_CONVENTIONS,
     CompetitionScoreMetric,
@@ -23,6 +21,7 @@ from kvmonai.metrics import (
     jaccard_index,
     score_from_parts,
 )
+from kvmonai.utils import atomic_output, write_text_atomic
 
 Events, _ = optional_import("ignite.engine", name="Events")
 
@@ -82,10 +81,8 @@ class EvaluationReport:
             return torch.nn.functional.interpolate(m, size=tuple(size), mode="nearest")[0].to(torch.uint8).numpy()
 
         centre = image[image.shape[0] // 2, ..., z].numpy()
-        tmp = self.output_dir / ".examples.tmp.npz"
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(tmp, image=centre, label=resample(label), pred=resample(pred), slice=z)
-        os.replace(tmp, self.output_dir / "examples.npz")
+        with atomic_output(self.output_dir / "examples.npz") as tmp:
+            np.savez_compressed(tmp, image=centre, label=resample(label), pred=resample(pred), slice=z)
 
     def reset(self) -> None:
         self.jaccard = JaccardMetric(reduction="none")

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from kvmonai.bundle.handlers import write_text_atomic
+from kvmonai.utils import write_text_atomic
 
 __all__ = ["TEMPLATE_DIR", "bundle_name", "check_bundles", "render_bundle", "write_bundles"]
 

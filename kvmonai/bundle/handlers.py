@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ import torch
 from monai.utils import optional_import
 
 from kvmonai.bundle.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from kvmonai.utils import atomic_output, write_text_atomic
 
 Events, _ = optional_import("ignite.engine", name="Events")
 Checkpoint, _ = optional_import("ignite.handlers", name="Checkpoint")
@@ -25,25 +24,9 @@ __all__ = [
     "ResumeFromCheckpoint",
     "RunRecorder",
     "WeightsLoader",
-    "write_text_atomic",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _best_state(evaluator: Any) -> dict[str, float | int]:
@@ -257,11 +240,9 @@ class RunRecorder:
         title = " ".join(str(self.settings[k]) for k in ("arch", "attention", "preset") if k in self.settings)
         fig.suptitle(title)
         fig.tight_layout()
-        fd, tmp = tempfile.mkstemp(dir=self.output_dir, prefix=".training_curves.", suffix=".png")
-        os.close(fd)
-        fig.savefig(tmp, dpi=100)
+        with atomic_output(self.plot_path) as tmp:
+            fig.savefig(tmp, dpi=100)
         plt.close(fig)
-        os.replace(tmp, self.plot_path)
 
 
 class WeightsLoader:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 __all__ = ["add_arguments", "run"]
@@ -27,14 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Compute and print the table."""
     from kvmonai.complexity.table import complexity_table, format_table
+    from kvmonai.utils import write_text_atomic
 
     rows = complexity_table(args.preset, args.archs, args.img_size, args.in_channels, args.out_channels)
     text = format_table(rows, args.format)
     sys.stdout.write(text)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=args.out.parent, prefix=f".{args.out.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, args.out)
+        write_text_atomic(args.out, text)
     return 0

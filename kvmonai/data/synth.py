@@ -42,6 +42,7 @@ import numpy as np
 
 from kvmonai.data.kaggle import CLASSES, CSV_HEADER, format_slice_filename, scan_id, slice_id
 from kvmonai.data.rle import rle_encode
+from kvmonai.utils import write_text_atomic
 
 __all__ = [
     "DAYS_PER_CASE",
@@ -552,12 +553,6 @@ class SynthSummary:
     class_slices: tuple[int, int, int]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8", newline="")
-    os.replace(tmp, path)
-
-
 def write_synthetic_dataset(
     out: str | os.PathLike,
     cases: int = 3,
@@ -630,7 +625,7 @@ def write_synthetic_dataset(
         buf.write("\n".join(lines) + "\n")
         nonempty += ne
         per_class = [p + q for p, q in zip(per_class, pc, strict=True)]
-    _atomic_write_text(root / "sample_submission.csv", "id,class,predicted\n")
+    write_text_atomic(root / "sample_submission.csv", "id,class,predicted\n")
     summary = SynthSummary(str(root), cases, len(specs), total, nonempty, (per_class[0], per_class[1], per_class[2]))
     meta = {
         "generator": "kvmonai.data.synth",
@@ -638,8 +633,8 @@ def write_synthetic_dataset(
         "summary": {k: v for k, v in asdict(summary).items() if k != "root"},  # reproducible: no paths
         "scans": [asdict(s) for s in specs],
     }
-    _atomic_write_text(root / "synthetic.json", json.dumps(meta, indent=1) + "\n")
-    _atomic_write_text(root / "train.csv", buf.getvalue())
+    write_text_atomic(root / "synthetic.json", json.dumps(meta, indent=1) + "\n")
+    write_text_atomic(root / "train.csv", buf.getvalue())
     logger.info(
         "wrote %d scans, %d slices (%.1f %% with an organ) to %s", len(specs), total, 100 * nonempty / total, root
     )

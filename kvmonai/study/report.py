@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kvmonai.bundle.handlers import write_text_atomic
+from kvmonai.utils import write_text_atomic
 
 __all__ = ["METRICS", "paired_difference", "summarise", "write_report"]
 

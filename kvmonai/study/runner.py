@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from kvmonai.bundle.handlers import write_text_atomic
+from kvmonai.utils import write_text_atomic
 
 __all__ = ["StudyConfig", "measure_latency", "run_study"]
 
