@@ -3,6 +3,7 @@
 from kvmonai.bundle.checkpoint import CheckpointError, load_checkpoint, load_weights, save_atomic
 from kvmonai.bundle.evaluation import EvaluationReport
 from kvmonai.bundle.handlers import BestModelSaver, EpochCheckpoint, ResumeFromCheckpoint, RunRecorder, WeightsLoader
+from kvmonai.bundle.workflow import bundle_workflow
 
 __all__ = [
     "BestModelSaver",
@@ -12,6 +13,7 @@ __all__ = [
     "ResumeFromCheckpoint",
     "RunRecorder",
     "WeightsLoader",
+    "bundle_workflow",
     "load_checkpoint",
     "load_weights",
     "save_atomic",

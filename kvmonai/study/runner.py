@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from kvmonai.bundle.workflow import bundle_workflow
 from kvmonai.utils import write_text_atomic
 
 __all__ = ["StudyConfig", "measure_latency", "run_study"]
@@ -98,21 +99,6 @@ def measure_latency(
     return statistics.median(times), q[2] - q[0]
 
 
-def _workflow(bundle: Path, configs: Sequence[str], overrides: dict[str, Any]):
-    from monai.bundle import ConfigWorkflow
-
-    files = [str(bundle / "configs" / c) for c in configs]
-    wf = ConfigWorkflow(
-        config_file=files if len(files) > 1 else files[0],
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=False,
-        workflow_type="train",
-        **overrides,
-    )
-    wf.initialize()
-    return wf
-
-
 def _run_one(cfg: StudyConfig, arch: str, attention: str, fold: int, seed: int, parent_id: str | None) -> dict:
     from kvmonai.bundle.checkpoint import load_checkpoint, load_weights
     from kvmonai.networks import create
@@ -142,14 +128,14 @@ def _run_one(cfg: StudyConfig, arch: str, attention: str, fold: int, seed: int, 
     ckpt = run_dir / "checkpoint_last.pt"
     done_epochs = load_checkpoint(ckpt)["epoch"] if ckpt.is_file() else 0
     start = time.perf_counter()
-    train = _workflow(bundle, ["train.json"], {**overrides, "resume": done_epochs > 0})
+    train = bundle_workflow(bundle, ["train.json"], logging=False, **overrides, resume=done_epochs > 0)
     if done_epochs < cfg.epochs:
         try:
             train.run()
         finally:
             train.finalize()
     train_seconds = time.perf_counter() - start
-    evaluate = _workflow(bundle, ["train.json", "evaluate.json"], overrides)
+    evaluate = bundle_workflow(bundle, ["train.json", "evaluate.json"], logging=False, **overrides)
     try:
         evaluate.run()
     finally:

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 from mlflow import MlflowClient
-from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+from monai.bundle import ckpt_export, verify_metadata, verify_net_in_out
 
+from kvmonai.bundle import bundle_workflow
 from kvmonai.networks import pairs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,20 +27,11 @@ def _fold(datalist: Path, fold: int) -> list[dict]:
     return [v for v in json.loads(Path(datalist).read_text())["training"] if v["fold"] == fold]
 
 
-def run_workflow(root: Path, configs: list[str], workflow_type: str, overrides: dict) -> ConfigWorkflow:
-    files = [str(root / "configs" / c) for c in configs]
-    wf = ConfigWorkflow(
-        config_file=files if len(files) > 1 else files[0],
-        meta_file=str(root / "configs" / "metadata.json"),
-        logging_file=str(root / "configs" / "logging.conf"),
-        workflow_type=workflow_type,
-        **{"bundle_root": str(root), **overrides},
-    )
-    wf.initialize()
+def run_workflow(root: Path, configs: list[str], workflow_type: str, overrides: dict) -> None:
+    wf = bundle_workflow(root, configs, workflow_type, **{"bundle_root": str(root), **overrides})
     assert wf.check_properties() == []
     wf.run()
     wf.finalize()
-    return wf
 
 
 def test_fourteen_bundles_exist():

@@ -96,7 +96,7 @@ def test_interrupt_and_resume(prepared, tiny, copy_bundle, tmp_path):
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")]
     assert steps == [1, 2, 3, 4]
 
-    # resuming a finished run, or without a checkpoint, fails with a message that says what to do
+    # resuming a finished run fails with a message that says what to do
     again = subprocess.run(
         bundle_cmd(root, ["train.json"], {**overrides, "resume": True}),
         cwd=root,
