@@ -1,0 +1,92 @@
+"""MONAI Label integration: serve kvmonai bundles for interactive annotation in 3D Slicer or OHIF.
+
+Run it with ``scripts/label_server.sh [studies] [--conf key value ...]`` (README "MONAI Label (3D Slicer)"). The
+app folder that ``monailabel start_server --app`` takes is :data:`APP_DIR` (``kvmonai/label/app``).
+
+Modules that need monailabel (installed only in the separate ``.venv-label`` of ``scripts/label_env.sh``):
+:mod:`~kvmonai.label.infer` (:class:`KVBundleInferTask`), :mod:`~kvmonai.label.train` (:class:`KVBundleTrainTask`)
+and :mod:`~kvmonai.label.application` (:class:`KVMonaiLabelApp`). The others need MONAI only:
+:mod:`~kvmonai.label.bundles` (finding bundles, ``--conf`` options), :mod:`~kvmonai.label.transforms` (label map
+conversions), :mod:`~kvmonai.label.datalist` and :mod:`~kvmonai.label.handlers`. Names are imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kvmonai.label.application import KVMonaiLabelApp
+    from kvmonai.label.bundles import (
+        BundleSpec,
+        LabelAppSettings,
+        adapt_volume_transforms,
+        default_bundles_dir,
+        find_bundles,
+        open_bundle,
+        parse_overrides,
+    )
+    from kvmonai.label.datalist import label_values, split_items
+    from kvmonai.label.handlers import TrainStatsWriter
+    from kvmonai.label.infer import KVBundleInferTask, MissingWeightsError
+    from kvmonai.label.train import KVBundleTrainTask
+    from kvmonai.label.transforms import ChannelsToLabelMapd, LabelMapToChannelsd, RestoreInputGridd
+
+#: the MONAI Label app folder (holds ``main.py``)
+APP_DIR: Path = Path(__file__).resolve().parent / "app"
+
+_SUBMODULE: dict[str, str] = {
+    "KVMonaiLabelApp": "application",
+    "BundleSpec": "bundles",
+    "LabelAppSettings": "bundles",
+    "adapt_volume_transforms": "bundles",
+    "default_bundles_dir": "bundles",
+    "find_bundles": "bundles",
+    "open_bundle": "bundles",
+    "parse_overrides": "bundles",
+    "label_values": "datalist",
+    "split_items": "datalist",
+    "TrainStatsWriter": "handlers",
+    "KVBundleInferTask": "infer",
+    "MissingWeightsError": "infer",
+    "KVBundleTrainTask": "train",
+    "ChannelsToLabelMapd": "transforms",
+    "LabelMapToChannelsd": "transforms",
+    "RestoreInputGridd": "transforms",
+}
+
+__all__ = [
+    "APP_DIR",
+    "BundleSpec",
+    "ChannelsToLabelMapd",
+    "KVBundleInferTask",
+    "KVBundleTrainTask",
+    "KVMonaiLabelApp",
+    "LabelAppSettings",
+    "LabelMapToChannelsd",
+    "MissingWeightsError",
+    "RestoreInputGridd",
+    "TrainStatsWriter",
+    "adapt_volume_transforms",
+    "default_bundles_dir",
+    "find_bundles",
+    "label_values",
+    "open_bundle",
+    "parse_overrides",
+    "split_items",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its submodule on first access (PEP 562)."""
+    module = _SUBMODULE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
