@@ -76,7 +76,7 @@ def parse_overrides(text: str | Mapping[str, Any] | None) -> dict[str, Any]:
         the overrides, id -> value.
 
     Raises:
-        ValueError: when the JSON is not an object or a pair has no ``=`` or an empty id.
+        ValueError: when the JSON does not parse, or a pair has no ``=`` or an empty id.
     """
     if text is None:
         return {}
@@ -87,12 +87,9 @@ def parse_overrides(text: str | Mapping[str, Any] | None) -> dict[str, Any]:
         return {}
     if text.startswith("{"):
         try:
-            value = json.loads(text)
+            return dict(json.loads(text))
         except json.JSONDecodeError as e:
             raise ValueError(f"--conf overrides: not valid JSON ({e}): {text!r}") from None
-        if not isinstance(value, dict):
-            raise ValueError(f"--conf overrides: expected a JSON object, got {type(value).__name__}.")
-        return value
     out: dict[str, Any] = {}
     for pair in text.split(","):
         key, sep, raw = pair.partition("=")

@@ -25,6 +25,9 @@ from monai.transforms import MapTransform
 
 __all__ = ["ChannelsToLabelMapd", "LabelMapToChannelsd", "RestoreInputGridd"]
 
+#: axis letters of MONAI's RAS affines (as in ``nibabel.aff2axcodes`` and :func:`kvmonai.data.load_volume`)
+_RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
 
 def _like(values: torch.Tensor, ref: Any) -> torch.Tensor:
     """``values`` as a ``MetaTensor`` with a copy of ``ref``'s metadata (affine included) when ``ref`` has any."""
@@ -196,7 +199,7 @@ class RestoreInputGridd(MapTransform):
             pred = d[key]
             if not isinstance(pred, MetaTensor):
                 raise ValueError(f"{key!r}: expected a MetaTensor with an affine, got {type(pred).__name__}.")
-            out = Orientation(axcodes=codes)(pred)
+            out = Orientation(axcodes=codes, labels=_RAS_LABELS)(pred)
             got = np.asarray(out.affine.cpu(), dtype=np.float64)
             if tuple(out.shape[1:]) != shape or not np.allclose(got, affine, atol=self.atol):
                 raise ValueError(

@@ -1,0 +1,195 @@
+"""The app's bundle discovery, options, training lists and statistics (main environment; no monailabel needed)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from kvmonai.label import APP_DIR
+from kvmonai.label.bundles import (
+    LabelAppSettings,
+    adapt_volume_transforms,
+    default_bundles_dir,
+    find_bundles,
+    open_bundle,
+    parse_overrides,
+)
+from kvmonai.label.datalist import label_values, split_items
+from kvmonai.label.handlers import TrainStatsWriter
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLES = REPO / "bundles"
+LABELS = {"large_bowel": 1, "small_bowel": 2, "stomach": 3}
+
+
+def test_app_folder_holds_main_py():
+    assert (APP_DIR / "main.py").is_file()
+    assert "KVMonaiLabelApp" in (APP_DIR / "main.py").read_text()
+
+
+def test_default_bundles_dir(monkeypatch, tmp_path):
+    monkeypatch.delenv("KVMONAI_BUNDLES", raising=False)
+    assert default_bundles_dir() == BUNDLES
+    monkeypatch.setenv("KVMONAI_BUNDLES", str(tmp_path))
+    assert default_bundles_dir() == tmp_path
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (None, {}),
+        ("", {}),
+        ("preset=tiny,img_size=64", {"preset": "tiny", "img_size": 64}),
+        (" amp = false , inferer#sw_batch_size=4", {"amp": False, "inferer#sw_batch_size": 4}),
+        ('{"slice_offsets": [-1, 0, 1], "preset": "small"}', {"slice_offsets": [-1, 0, 1], "preset": "small"}),
+    ],
+)
+def test_parse_overrides(text, expected):
+    assert parse_overrides(text) == expected
+
+
+@pytest.mark.parametrize(("text", "match"), [("preset", "id=value"), ("=3", "id=value"), ("{nope", "not valid JSON")])
+def test_parse_overrides_errors(text, match):
+    with pytest.raises(ValueError, match=match):
+        parse_overrides(text)
+
+
+def test_every_bundle_opens_with_the_ids_the_app_uses():
+    names = [p.name for p in find_bundles(BUNDLES)]
+    assert len(names) == 14 and "setr_kv" in names
+    for path in find_bundles(BUNDLES):
+        spec = open_bundle(path, {"preset": "tiny", "img_size": 64, "max_epochs": 2})
+        assert spec.name == path.name and spec.labels == LABELS
+        assert spec.weights == path.resolve() / "models" / "model.pt"
+        assert spec.infer_overrides == {"preset": "tiny", "img_size": 64}  # max_epochs is a train.json id only
+        assert spec.train_overrides == {"preset": "tiny", "img_size": 64, "max_epochs": 2}
+        message = spec.missing_weights_message()
+        assert f"bundle '{spec.name}'" in message and f"POST /train/{spec.name}" in message
+
+
+def test_open_bundle_errors(tmp_path):
+    with pytest.raises(ValueError, match="inference.json does not exist"):
+        open_bundle(tmp_path)
+    with pytest.raises(ValueError, match="'prest' is not an id of setr_kv"):
+        open_bundle(BUNDLES / "setr_kv", {"prest": "tiny"})
+    with pytest.raises(ValueError, match="bundle_root"):
+        open_bundle(BUNDLES / "setr_kv", {"bundle_root": "/x"})
+    broken = tmp_path / "broken"
+    shutil.copytree(BUNDLES / "setr_kv" / "configs", broken / "configs")
+    config = json.loads((broken / "configs" / "inference.json").read_text())
+    del config["inferer"]
+    (broken / "configs" / "inference.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"inference.json: bundle 'broken' lacks the ids \['inferer'\]"):
+        open_bundle(broken)
+
+
+def test_find_bundles_selection_and_errors(tmp_path):
+    assert [p.name for p in find_bundles(BUNDLES, ["setr_kv", "cvt_qkv", "setr_kv"])] == ["setr_kv", "cvt_qkv"]
+    assert len(find_bundles(BUNDLES, ["all"])) == 14
+    with pytest.raises(ValueError, match=r"\['setr_xx'\] not found"):
+        find_bundles(BUNDLES, ["setr_xx"])
+    with pytest.raises(ValueError, match="does not exist"):
+        find_bundles(tmp_path / "none")
+    with pytest.raises(ValueError, match="holds no bundle"):
+        find_bundles(tmp_path)
+
+
+def test_settings_from_conf(monkeypatch):
+    monkeypatch.delenv("KVMONAI_BUNDLES", raising=False)
+    s = LabelAppSettings.from_conf({"models": "setr_kv, unetr_kv", "overrides": "preset=small,img_size=128"})
+    assert s.bundles_dir == BUNDLES and s.models == ("setr_kv", "unetr_kv")
+    assert [b.name for b in s.bundles()] == ["setr_kv", "unetr_kv"]
+    assert s.bundles()[0].infer_overrides == {"preset": "small", "img_size": 128}
+    assert LabelAppSettings.from_conf({"bundles": str(BUNDLES)}).models == ()
+
+
+def test_adapt_volume_transforms_reads_studies_like_inference():
+    spec = open_bundle(BUNDLES / "setr_kv")
+    out = adapt_volume_transforms(spec)
+    targets = [t["_target_"] for t in out]
+    assert targets[0] == "kvmonai.data.LoadVolumed" and out[0]["keys"] == ["image", "label"]
+    assert targets[1] == "kvmonai.label.transforms.LabelMapToChannelsd" and out[1]["values_key"] == "label_values"
+    assert "kvmonai.data.ScaleIntensityRobustd" in targets  # the rest of the recipe is kept
+
+
+def test_adapted_transforms_load_a_study_and_its_label(tmp_path):
+    """Image and label map of a RAS study come out as the training recipe wants them: PLS, 3 channels."""
+    import nibabel as nib
+    import numpy as np
+    from monai.bundle import ConfigParser
+
+    rng = np.random.default_rng(0)
+    nib.save(nib.Nifti1Image(rng.random((6, 4, 3)).astype(np.float32), np.eye(4)), tmp_path / "i.nii.gz")
+    label = rng.integers(0, 4, (6, 4, 3)).astype(np.uint8)
+    nib.save(nib.Nifti1Image(label, np.eye(4)), tmp_path / "l.nii.gz")
+    parser = ConfigParser(
+        {"t": {"_target_": "Compose", "transforms": adapt_volume_transforms(open_bundle(BUNDLES / "setr_kv"))}}
+    )
+    d = parser.get_parsed_content("t")(
+        {"image": str(tmp_path / "i.nii.gz"), "label": str(tmp_path / "l.nii.gz"), "label_values": [1, 2, 3]}
+    )
+    assert d["image"].shape == (1, 4, 6, 3) and d["label"].shape == (3, 4, 6, 3)
+    pls = np.flip(label.transpose(1, 0, 2), axis=(0, 1))  # RAS (x, y) -> PLS (rows = -y, columns = -x)
+    assert np.array_equal(d["label"][1].numpy(), (pls == 2).astype(np.float32))
+
+
+def test_adapt_volume_transforms_needs_the_loader(tmp_path):
+    root = tmp_path / "b"
+    shutil.copytree(BUNDLES / "setr_kv" / "configs", root / "configs")
+    config = json.loads((root / "configs" / "train.json").read_text())
+    config["volume_transforms"] = config["volume_transforms"][2:]
+    (root / "configs" / "train.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="has no"):
+        adapt_volume_transforms(open_bundle(root))
+
+
+def test_label_values():
+    assert label_values(None, LABELS) == [1, 2, 3]
+    slicer = [{"name": "stomach", "idx": 1}, {"name": "large_bowel", "idx": 2}, {"name": "small_bowel", "idx": 3}]
+    assert label_values(slicer, LABELS) == [2, 3, 1]
+    assert label_values([{"name": "stomach", "idx": 1}], LABELS) == [-1, -1, 1]  # organs without a segment
+    assert label_values([{"name": "liver", "idx": 1}], LABELS) == [1, 2, 3]  # no organ named: app values
+    assert label_values([{"name": "stomach", "idx": "x"}], LABELS) == [1, 2, 3]
+
+
+def test_split_items():
+    items = [{"id": str(i)} for i in range(10)]
+    train, val, in_sample = split_items(items, 0.2)
+    assert len(train) == 8 and len(val) == 2 and not in_sample
+    assert {i["id"] for i in train} | {i["id"] for i in val} == {str(i) for i in range(10)}
+    assert split_items(items, 0.2) == (train, val, False)  # reproducible
+    assert len(split_items(items[:2], 0.01)[1]) == 1  # at least one held out
+    assert len(split_items(items[:2], 0.9)[0]) == 1  # at least one trained on
+    train, val, in_sample = split_items(items[:1], 0.2)
+    assert in_sample and train == val == [{"id": "0"}]
+    assert split_items(items, 0.0)[2]
+    with pytest.raises(ValueError, match="no labelled studies"):
+        split_items([], 0.2)
+    with pytest.raises(ValueError, match="val_split"):
+        split_items(items, 1.0)
+
+
+def test_train_stats_writer(tmp_path):
+    from ignite.engine import Engine, Events
+
+    evaluator = Engine(lambda e, b: None)
+    evaluator.state.best_metric, evaluator.state.best_metric_epoch = 0.25, 1
+    evaluator.state.key_metric_name = "val_jaccard"
+    evaluator.state.metrics = {"val_jaccard": torch.tensor(0.25)}
+    trainer = Engine(lambda e, b: [{"loss": torch.tensor(0.5)}])
+    seen = []
+    writer = TrainStatsWriter(tmp_path / "s.json", evaluator, run_dir=tmp_path)
+    writer.attach(trainer)
+    trainer.add_event_handler(
+        Events.EPOCH_COMPLETED, lambda e: seen.append(json.loads((tmp_path / "s.json").read_text()))
+    )
+    trainer.run([0, 1], max_epochs=2)
+    assert [s["epoch"] for s in seen] == [1, 2] and "current_time" in seen[0] and "total_time" in seen[1]
+    assert (
+        seen[1]["total_epochs"] == 2 and seen[1]["best_metric"] == 0.25 and seen[1]["key_metric_name"] == "val_jaccard"
+    )
+    assert seen[1]["eval"]["metrics"] == {"val_jaccard": 0.25} and seen[1]["train"]["loss"] == 0.5

@@ -1,0 +1,236 @@
+"""A real MONAI Label server with the kvmonai app, started by scripts/label_server.sh on loopback.
+
+The server runs in the MONAI Label environment (``.venv-label``, or ``KVMONAI_LABEL_VENV``) that
+``scripts/label_env.sh`` creates (``scripts/test.sh`` runs it first); without it these tests are skipped. It serves a
+copy of the ``setr_kv`` bundle with random tiny-preset weights and a copy of ``unetr_kv`` without weights, on a
+studies folder holding one synthetic volume stored in RAS with a non-square slice (so that the bundles' PLS
+reorientation has to be undone). The tests talk HTTP to it and stop it by its process group in the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import requests
+import torch
+
+from kvmonai.bundle import bundle_workflow
+from kvmonai.data.prepare import prepare_dataset
+from kvmonai.data.synth import write_synthetic_dataset
+from kvmonai.networks import create
+
+REPO = Path(__file__).resolve().parents[2]
+LABEL_VENV = Path(os.environ.get("KVMONAI_LABEL_VENV", REPO / ".venv-label"))
+TINY = {"preset": "tiny", "img_size": 64}
+#: the app's --conf overrides: the tiny preset, and training shrunk to seconds
+OVERRIDES = "preset=tiny,img_size=64,num_workers=0,slices_per_volume=4,volumes_per_batch=2"
+LABEL_INFO = [{"name": "large_bowel", "idx": 1}, {"name": "small_bowel", "idx": 2}, {"name": "stomach", "idx": 3}]
+
+pytestmark = pytest.mark.skipif(
+    not (LABEL_VENV / "bin" / "python").is_file(),
+    reason=f"no MONAI Label environment at {LABEL_VENV}: create it with scripts/label_env.sh (scripts/test.sh does)",
+)
+
+
+@dataclass
+class Server:
+    url: str
+    bundles: Path
+    studies: Path
+    log: Path
+
+    def log_tail(self, lines: int = 60) -> str:
+        text = self.log.read_text(errors="replace") if self.log.is_file() else "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Bundles (setr_kv with random tiny weights, unetr_kv without) and a studies folder with one RAS volume."""
+    root = tmp_path_factory.mktemp("monailabel")
+    for name in ("setr_kv", "unetr_kv"):
+        ignore = shutil.ignore_patterns("runs", "models", "predictions", "eval")
+        shutil.copytree(REPO / "bundles" / name, root / "bundles" / name, ignore=ignore)
+    torch.manual_seed(0)
+    net = create("setr", "kv", in_channels=3, out_channels=3, **TINY)
+    (root / "bundles" / "setr_kv" / "models").mkdir()
+    torch.save(net.state_dict(), root / "bundles" / "setr_kv" / "models" / "model.pt")
+
+    write_synthetic_dataset(root / "raw", cases=1, seed=0, days=1, slices=10, scale=0.25, progress=False)
+    prepare_dataset(root / "raw", root / "prepared", progress=False)
+    pls = nib.load(next((root / "prepared" / "imagesTr").glob("*.nii.gz")))
+    arr = np.asarray(pls.dataobj)[:, 4:-4, :]  # a non-square slice
+    ras = nib.as_closest_canonical(nib.Nifti1Image(arr, pls.affine))
+    assert nib.aff2axcodes(ras.affine) == ("R", "A", "S") and ras.shape[0] != ras.shape[1]
+    (root / "studies").mkdir()
+    nib.save(ras, root / "studies" / "study1.nii.gz")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(workspace: Path) -> Iterator[Server]:
+    """scripts/label_server.sh on a free loopback port; killed (whole process group) afterwards."""
+    port = _free_port()
+    env = {**os.environ, "KVMONAI_LABEL_PORT": str(port), "MONAI_LABEL_SESSION_PATH": str(workspace / "sessions")}
+    env["KVMONAI_LABEL_VENV"] = str(LABEL_VENV)
+    cmd = [str(REPO / "scripts" / "label_server.sh"), str(workspace / "studies")]
+    cmd += ["--conf", "bundles", str(workspace / "bundles"), "--conf", "models", "setr_kv,unetr_kv"]
+    cmd += ["--conf", "overrides", OVERRIDES]
+    srv = Server(f"http://127.0.0.1:{port}", workspace / "bundles", workspace / "studies", workspace / "server.log")
+    with open(srv.log, "wb") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=workspace, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the server exited with status {proc.returncode}:\n{srv.log_tail()}")
+            try:
+                if requests.get(f"{srv.url}/info/", timeout=5).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the server did not answer /info/ within 120 s:\n{srv.log_tail()}")
+            time.sleep(0.5)
+        yield srv
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
+def _bundle_label(bundle: Path, image: Path, out: Path) -> nib.Nifti1Image:
+    """The bundle's own inference (3 channels) mapped to the documented label values: c + 1, later organ wins."""
+    overrides = {"bundle_root": str(bundle), "input_path": str(image), "output_dir": str(out), **TINY}
+    wf = bundle_workflow(bundle, ["inference.json"], "infer", logging=False, **overrides)
+    wf.run()
+    wf.finalize()
+    pred = nib.load(next(out.glob("*.nii.gz")))
+    channels = np.asarray(pred.dataobj)
+    label = np.max(channels * np.arange(1, channels.shape[-1] + 1, dtype=np.uint8), axis=-1).astype(np.uint8)
+    return nib.Nifti1Image(label, pred.affine)
+
+
+def _infer(srv: Server, model: str, dest: Path, image: str | None = None, upload: Path | None = None):
+    """POST /infer/<model> for a study id or an uploaded file; the returned label is written to ``dest``."""
+    params = {"output": "image", **({"image": image} if image else {})}
+    if upload is None:
+        r = requests.post(f"{srv.url}/infer/{model}", params=params, timeout=120)
+    else:
+        with open(upload, "rb") as f:
+            r = requests.post(f"{srv.url}/infer/{model}", params=params, files={"file": (upload.name, f)}, timeout=120)
+    if r.status_code == 200:
+        dest.write_bytes(r.content)
+    return r
+
+
+def test_info_lists_bundles_labels_and_trainers(server: Server):
+    info = requests.get(f"{server.url}/info/", timeout=30).json()
+    labels = {"large_bowel": 1, "small_bowel": 2, "stomach": 3}
+    assert info["name"] == "kvmonai" and info["labels"] == labels
+    assert list(info["models"]) == ["setr_kv"]  # unetr_kv has no weights yet: training only
+    model = info["models"]["setr_kv"]
+    assert model["type"] == "segmentation" and model["labels"] == labels and model["dimension"] == 3
+    assert sorted(info["trainers"]) == ["setr_kv", "unetr_kv"]
+    config = info["trainers"]["setr_kv"]["config"]
+    assert {"max_epochs", "learning_rate", "val_split", "pretrained", "mlflow", "device"} <= set(config)
+    assert config["max_epochs"] == 50 and config["learning_rate"] == 0.001  # train.json's values
+    assert info["datastore"]["total"] == 1
+
+
+def test_infer_returns_the_bundles_label_on_the_input_grid(server: Server, tmp_path: Path):
+    study = server.studies / "study1.nii.gz"
+    r = _infer(server, "setr_kv", tmp_path / "label.nii.gz", image="study1")
+    assert r.status_code == 200, f"{r.status_code} {r.text[:500]}\n{server.log_tail()}"
+    image, label = nib.load(study), nib.load(tmp_path / "label.nii.gz")
+    values = np.asarray(label.dataobj)
+    assert label.shape == image.shape and values.dtype == np.uint8
+    assert set(np.unique(values).tolist()) <= {0, 1, 2, 3}
+    np.testing.assert_allclose(label.affine, image.affine, atol=1e-4)
+    # the same as the bundle's own inference.json run on the same weights, after the documented mapping
+    expected = _bundle_label(server.bundles / "setr_kv", study, tmp_path / "bundle")
+    got = nib.as_closest_canonical(label)
+    want = nib.as_closest_canonical(expected)
+    np.testing.assert_allclose(got.affine, want.affine, atol=1e-4)
+    mismatch = int((np.asarray(got.dataobj) != np.asarray(want.dataobj)).sum())
+    assert mismatch <= values.size // 1000, f"{mismatch} of {values.size} voxels differ from the bundle's inference"
+
+    # the same volume uploaded instead of named
+    r = _infer(server, "setr_kv", tmp_path / "upload.nii.gz", upload=study)
+    assert r.status_code == 200, f"{r.status_code} {r.text[:500]}\n{server.log_tail()}"
+    assert np.array_equal(np.asarray(nib.load(tmp_path / "upload.nii.gz").dataobj), values)
+
+
+def test_infer_errors_name_the_problem(server: Server, tmp_path: Path):
+    r = _infer(server, "unetr_kv", tmp_path / "x.nii.gz", image="study1")
+    assert r.status_code == 409 and "no trained weights" in r.json()["detail"] and "unetr_kv" in r.json()["detail"]
+    r = _infer(server, "nope", tmp_path / "x.nii.gz", image="study1")
+    assert r.status_code == 404 and "setr_kv" in r.json()["detail"]
+
+
+def test_training_through_rest_fine_tunes_the_served_weights(server: Server, tmp_path: Path):
+    """Submit a label as 3D Slicer does, train one tiny epoch, and get the new weights served."""
+    weights = server.bundles / "setr_kv" / "models" / "model.pt"
+    before = _sha256(weights)
+    label = _bundle_label(server.bundles / "setr_kv", server.studies / "study1.nii.gz", tmp_path / "bundle")
+    nib.save(label, tmp_path / "corrected.nii.gz")
+    form = {"params": json.dumps({"label_info": LABEL_INFO})}  # what 3D Slicer's "Submit Label" sends
+    with open(tmp_path / "corrected.nii.gz", "rb") as f:
+        files = {"label": ("study1.nii.gz", f)}
+        r = requests.put(
+            f"{server.url}/datastore/label", params={"image": "study1"}, files=files, data=form, timeout=60
+        )
+    assert r.status_code == 200, r.text
+    assert (server.studies / "labels" / "final" / "study1.nii.gz").is_file()
+
+    r = requests.post(f"{server.url}/train/setr_kv", json={"max_epochs": 1, "mlflow": False}, timeout=60)
+    assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 180
+    while True:
+        status = requests.get(f"{server.url}/train/", timeout=30).json()
+        if status.get("status") not in ("SUBMITTED", "RUNNING"):
+            break
+        assert time.monotonic() < deadline, f"training still running after 180 s:\n{server.log_tail()}"
+        time.sleep(1)
+    details = "\n".join(status.get("details", []))
+    assert status["status"] == "DONE", f"{status['status']}:\n{details}\n{server.log_tail()}"
+
+    assert _sha256(weights) != before
+    runs = list((server.bundles / "setr_kv" / "runs").glob("monailabel_*/model_before.pt"))
+    assert len(runs) == 1 and _sha256(runs[0]) == before  # the fine-tuning started from the served weights
+    stats = requests.get(f"{server.url}/info/", timeout=30).json()["train_stats"]["setr_kv"]
+    assert stats["epoch"] == 1 and stats["total_epochs"] == 1 and stats["key_metric_name"] == "val_jaccard"
+    assert stats["train_studies"] == 1 and stats["in_sample_validation"] is True
+
+    r = _infer(server, "setr_kv", tmp_path / "after.nii.gz", image="study1")
+    assert r.status_code == 200, f"{r.status_code} {r.text[:500]}\n{server.log_tail()}"
+    assert nib.load(tmp_path / "after.nii.gz").shape == nib.load(server.studies / "study1.nii.gz").shape
