@@ -2,7 +2,14 @@
 
 from kvmonai.bundle.checkpoint import CheckpointError, load_checkpoint, load_weights, save_atomic
 from kvmonai.bundle.evaluation import EvaluationReport
-from kvmonai.bundle.handlers import BestModelSaver, EpochCheckpoint, ResumeFromCheckpoint, RunRecorder, WeightsLoader
+from kvmonai.bundle.handlers import (
+    BestModelSaver,
+    EpochCheckpoint,
+    OptimizeForInference,
+    ResumeFromCheckpoint,
+    RunRecorder,
+    WeightsLoader,
+)
 from kvmonai.bundle.workflow import bundle_workflow
 
 __all__ = [
@@ -10,6 +17,7 @@ __all__ = [
     "CheckpointError",
     "EpochCheckpoint",
     "EvaluationReport",
+    "OptimizeForInference",
     "ResumeFromCheckpoint",
     "RunRecorder",
     "WeightsLoader",

@@ -21,6 +21,7 @@ Checkpoint, _ = optional_import("ignite.handlers", name="Checkpoint")
 __all__ = [
     "BestModelSaver",
     "EpochCheckpoint",
+    "OptimizeForInference",
     "ResumeFromCheckpoint",
     "RunRecorder",
     "WeightsLoader",
@@ -243,6 +244,32 @@ class RunRecorder:
         with atomic_output(self.plot_path) as tmp:
             fig.savefig(tmp, dpi=100)
         plt.close(fig)
+
+
+class OptimizeForInference:
+    """Attach to an inference engine after :class:`WeightsLoader`: apply the exact inference rewrites at start.
+
+    See :func:`kvmonai.inference.optimize_for_inference` (BatchNorm folding, frozen weight standardisation,
+    channels-last weights). The network is changed in place, so attach it only to inference engines.
+
+    Args:
+        network: the loaded network.
+        fold: fold BatchNorms and freeze training-time reparameterisations.
+        channels_last: store 4D weights channels-last.
+    """
+
+    def __init__(self, network: torch.nn.Module, fold: bool = True, channels_last: bool = True) -> None:
+        self.network = network
+        self.fold = fold
+        self.channels_last = channels_last
+
+    def attach(self, engine: Any) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Any) -> None:
+        from kvmonai.inference import optimize_for_inference
+
+        optimize_for_inference(self.network, fold=self.fold, channels_last=self.channels_last)
 
 
 class WeightsLoader:

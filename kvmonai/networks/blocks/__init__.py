@@ -3,6 +3,7 @@
 from kvmonai.networks.blocks.kv_attention import (
     ATTENTION_VARIANTS,
     KVSelfAttention,
+    append_key_bias,
     borji_positional_encoding,
     positional_frequencies,
     positional_split,
@@ -18,6 +19,7 @@ __all__ = [
     "KVTransformerBlock",
     "KVWindowAttention",
     "WINDOW_ATTENTION_VARIANTS",
+    "append_key_bias",
     "borji_positional_encoding",
     "convert_attention",
     "convert_window_attention",

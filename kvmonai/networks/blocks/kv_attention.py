@@ -19,6 +19,7 @@ from monai.networks.layers.utils import get_rel_pos_embedding_layer
 __all__ = [
     "ATTENTION_VARIANTS",
     "KVSelfAttention",
+    "append_key_bias",
     "borji_positional_encoding",
     "positional_frequencies",
     "positional_split",
@@ -89,6 +90,43 @@ def borji_positional_encoding(num_tokens: int, pos_channels: int = 50) -> torch.
     # channels [0, c) vary with the query index i (rows), [c, 2c) with the key index j (columns)
     full = torch.cat((emb[:, None, :].expand(n, n, c), emb[None, :, :].expand(n, n, c)), dim=-1)
     return full[..., :pos_channels].float().contiguous()
+
+
+def append_key_bias(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: torch.Tensor, channels: int = 8
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fold a per-key additive logit bias into the heads, so attention needs no mask.
+
+    Appends ``channels`` channels to every head: the queries get ``[1, 0, ...]``, the keys ``[key_bias_j, 0, ...]``
+    and the values zeros. Then ``q'.k'_j = q.k_j + key_bias_j`` for every query, and
+    ``scaled_dot_product_attention(q', k', v', scale=s)[..., :d]`` equals attention with the additive mask
+    ``s * key_bias``. SDPA keeps its fused kernels this way: an additive mask that needs a gradient sends it to the
+    math path, with O(n^2) memory and several times the time at n = 4096. ``channels`` pads the head to a
+    vector-friendly size; the fused CPU kernels need equal head sizes for q, k and v.
+
+    Args:
+        q: queries ``(B, heads, n_q, d)``.
+        k: keys ``(B, heads, n_k, d)``.
+        v: values ``(B, heads, n_k, d)``.
+        key_bias: ``(n_k,)`` bias of each key, already divided by the attention scale.
+        channels: appended channels (>= 1).
+
+    Returns:
+        the extended ``q``, ``k`` and ``v``.
+    """
+    b, h, n_q, _ = q.shape
+    n_k = k.shape[2]
+    q_extra = torch.zeros(b, h, n_q, channels, dtype=q.dtype, device=q.device)
+    q_extra[..., 0] = 1.0
+    k_extra = torch.cat(
+        (
+            key_bias.to(k.dtype).view(1, 1, n_k, 1).expand(b, h, n_k, 1),
+            torch.zeros(b, h, n_k, channels - 1, dtype=k.dtype, device=k.device),
+        ),
+        dim=-1,
+    )
+    v_extra = torch.zeros(b, h, n_k, channels, dtype=v.dtype, device=v.device)
+    return torch.cat((q, q_extra), dim=-1), torch.cat((k, k_extra), dim=-1), torch.cat((v, v_extra), dim=-1)
 
 
 class KVSelfAttention(nn.Module):
@@ -304,19 +342,22 @@ class KVSelfAttention(nn.Module):
             zeros = torch.zeros(b, self.num_heads, n, n, dtype=q.dtype, device=q.device)
             bias = self.rel_positional_embedding(x, zeros, q)
         q_logits = q
+        key_bias: Optional[torch.Tensor] = None  # noqa: UP045
         if self.pos_proj is not None:
             q_logits = q * self.pos_proj.weight.sum().to(q.dtype)
-            key_bias = self.key_position_bias(n).to(q.dtype).view(1, 1, 1, n)
-            bias = key_bias if bias is None else bias + key_bias
+            key_bias = self.key_position_bias(n).to(q.dtype)
         if self.causal:
             allowed = self.causal_mask[0, 0, :n, :n] != 0
             causal_bias = torch.zeros(n, n, dtype=q.dtype, device=q.device).masked_fill(~allowed, float("-inf"))
             bias = causal_bias if bias is None else bias + causal_bias
         if attn_mask is not None:
             keys = attn_mask.reshape(b, 1, 1, n) != 0
-            key_bias = torch.zeros(b, 1, 1, n, dtype=q.dtype, device=q.device).masked_fill(~keys, float("-inf"))
-            bias = key_bias if bias is None else bias + key_bias
+            mask_bias = torch.zeros(b, 1, 1, n, dtype=q.dtype, device=q.device).masked_fill(~keys, float("-inf"))
+            bias = mask_bias if bias is None else bias + mask_bias
 
+        fuse_key_bias = key_bias is not None and bias is None and not self.save_attn
+        if key_bias is not None and not fuse_key_bias:
+            bias = key_bias.view(1, 1, 1, n) if bias is None else bias + key_bias.view(1, 1, 1, n)
         if self.save_attn:
             with torch.no_grad():
                 logits = torch.matmul(q_logits, k.transpose(-1, -2)) * self.scale
@@ -324,6 +365,9 @@ class KVSelfAttention(nn.Module):
                     logits = logits + bias
                 self.att_mat = logits.softmax(dim=-1).detach()
 
+        if fuse_key_bias and key_bias is not None:
+            # the per-key bias as an extra key channel (see append_key_bias); the padding is sliced off below
+            q_logits, k, v = append_key_bias(q_logits, k, v, key_bias / self.scale)
         out = F.scaled_dot_product_attention(
             q_logits,
             k,
@@ -331,6 +375,6 @@ class KVSelfAttention(nn.Module):
             attn_mask=bias,
             dropout_p=self.dropout_rate if self.training else 0.0,
             scale=self.scale,
-        )
+        )[..., : self.dim_head]
         out = out.to(out_dtype).transpose(1, 2).reshape(b, n, self.inner_dim)
         return self.drop_output(self.out_proj(out))

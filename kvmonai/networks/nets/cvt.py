@@ -52,6 +52,7 @@ from torch import nn
 
 from kvmonai.networks.blocks.kv_attention import (
     ATTENTION_VARIANTS,
+    append_key_bias,
     positional_frequencies,
     positional_split,
     sincos_embedding,
@@ -279,14 +280,14 @@ class CvTAttention(nn.Module):
         v = self.proj_v(v_grid.flatten(2).transpose(1, 2))
 
         q, k, v = self._heads(q), self._heads(k), self._heads(v)
-        mask: Optional[torch.Tensor] = None  # noqa: UP045
+        head = v.shape[-1]
         if self.pos_proj is not None:
             q = q * self.pos_proj.weight.sum().to(q.dtype)
             bias = _key_position_bias(self.pos_proj.weight, self.pos_proj.bias, k.shape[2], self.pos_channels)
-            mask = bias.to(q.dtype).view(1, 1, 1, -1)
+            q, k, v = append_key_bias(q, k, v, bias / self.scale)  # the bias without an attention mask
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout_rate if self.training else 0.0, scale=self.scale
-        )
+            q, k, v, dropout_p=self.dropout_rate if self.training else 0.0, scale=self.scale
+        )[..., :head]
         out = self.proj(out.transpose(1, 2).reshape(b, q.shape[2], c))
         if self.kv_mode == "down_up":
             # the output Linear commutes with bilinear interpolation, so it runs on the n/s^2 tokens

@@ -115,10 +115,31 @@ class StdConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def standardized_weight(self) -> torch.Tensor:
         var, mean = torch.var_mean(self.weight, dim=[1, 2, 3], keepdim=True, correction=0)
-        weight = (self.weight - mean) / torch.sqrt(var + self.eps)
-        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return (self.weight - mean) / torch.sqrt(var + self.eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.standardized_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def inference_module(self) -> nn.Conv2d:
+        """A plain ``nn.Conv2d`` holding the standardised weights: the same function without the per-call
+        standardisation (see :func:`kvmonai.inference.freeze_for_inference`)."""
+        conv = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            bias=self.bias is not None,
+        ).to(self.weight.device, self.weight.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(self.standardized_weight())
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv
 
 
 class ResNetV2Bottleneck(nn.Module):

@@ -221,3 +221,39 @@ def test_trace_and_script_export(attention, tmp_path):
     traced.save(str(path))
     torch.testing.assert_close(torch.jit.load(str(path))(x), m(x))
     torch.testing.assert_close(torch.jit.script(m)(x), m(x))
+
+
+@pytest.mark.parametrize("n_q, n_k", [(37, 37), (50, 13)])
+def test_append_key_bias_equals_the_additive_mask(n_q, n_k):
+    """The bias folded into extra head channels gives the masked attention's output and gradients."""
+    import torch.nn.functional as F
+
+    from kvmonai.networks.blocks import append_key_bias
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 3, n_q, 16), torch.randn(2, 3, n_k, 16), torch.randn(2, 3, n_k, 16)
+    bias = torch.randn(n_k)
+    scale = 0.25
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, bias)]
+    ref = F.scaled_dot_product_attention(*leaves[:3], attn_mask=leaves[3].view(1, 1, 1, -1), scale=scale)
+    ref.pow(2).sum().backward()
+    fused_leaves = [t.clone().requires_grad_() for t in (q, k, v, bias)]
+    qa, ka, va = append_key_bias(*fused_leaves[:3], fused_leaves[3] / scale)
+    out = F.scaled_dot_product_attention(qa, ka, va, scale=scale)[..., :16]
+    out.pow(2).sum().backward()
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(fused_leaves, leaves, strict=True):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_kvpos_fused_path_equals_mask_path():
+    """KV+Pos without a mask uses the fused path; with save_attn it adds the bias as a mask: same output."""
+    torch.manual_seed(0)
+    block = KVSelfAttention(64, 4, qkv_bias=True, attention="kvpos")
+    with torch.no_grad():
+        block.pos_proj.weight.normal_(0, 0.3)  # a trained-looking position correction, not the initial plain KV
+    x = torch.randn(2, 30, 64)
+    fused = block(x)
+    block.save_attn = True
+    masked = block(x)
+    torch.testing.assert_close(fused, masked, atol=1e-5, rtol=1e-5)

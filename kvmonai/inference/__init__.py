@@ -1,0 +1,19 @@
+"""Fast inference: mixed precision, channels-last and exact network rewrites (``kvmonai benchmark`` measures them)."""
+
+from kvmonai.inference.inferer import FastSliceInferer
+from kvmonai.inference.optimize import (
+    PRECISIONS,
+    autocast_dtype,
+    fold_batch_norms,
+    freeze_for_inference,
+    optimize_for_inference,
+)
+
+__all__ = [
+    "PRECISIONS",
+    "FastSliceInferer",
+    "autocast_dtype",
+    "fold_batch_norms",
+    "freeze_for_inference",
+    "optimize_for_inference",
+]
