@@ -24,6 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "complexity": ("kvmonai.complexity.cli", "parameter and MAC table of every architecture/attention pair"),
     "synth": ("kvmonai.data.synth_cli", "write a synthetic UW-Madison GI Tract dataset in the Kaggle layout"),
     "prepare": ("kvmonai.data.prepare_cli", "Kaggle-layout folder -> NIfTI volumes + MONAI datalist with 5 folds"),
+    "benchmark": (
+        "kvmonai.benchmark.cli",
+        "speed and memory of every pair vs its QKV twin, attention scaling, whole case",
+    ),
 }
 
 
@@ -46,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     selected = next((a for a in args_list if not a.startswith("-")), None)
     parser = _build_parser(selected if selected in COMMANDS else None)
     args = parser.parse_args(args_list)
+    args.argv = args_list  # the command line as given, for reports that quote it
     module = importlib.import_module(COMMANDS[args.command][0])
     return int(module.run(args) or 0)
 

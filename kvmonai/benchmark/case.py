@@ -1,0 +1,202 @@
+"""Whole-case inference benchmark: one 144-slice 266 x 266 scan through an inference bundle, file to file."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kvmonai.utils import write_text_atomic
+
+__all__ = ["SETTINGS", "CaseResult", "benchmark_case", "synthetic_case"]
+
+#: inference settings compared: the fp32 eager baseline and the bundles' default fast path
+SETTINGS: dict[str, dict[str, object]] = {
+    "fp32": {"precision": "fp32", "channels_last": False, "fold": False},
+    "bf16": {"precision": "bf16", "channels_last": False, "fold": False},
+    "bf16+cl": {"precision": "bf16", "channels_last": True, "fold": False},
+    "fast": {"precision": "auto", "channels_last": True, "fold": True},
+}
+
+
+@dataclass
+class CaseResult:
+    """One bundle under one setting. ``case_s``: the inference engine's run, from reading the NIfTI to writing the
+    mask; ``setup_s``: parsing the bundle and building the network (paid once per process, not per case)."""
+
+    arch: str
+    attention: str
+    preset: str
+    setting: str
+    precision: str
+    channels_last: bool
+    fold: bool
+    slices: int
+    case_s: float
+    setup_s: float
+    per_slice_ms: float
+    speedup: float
+    mask_dice_vs_fp32: float | None
+
+    def as_row(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def synthetic_case(folder: str | os.PathLike, slices: int = 144, seed: int = 0) -> Path:
+    """A synthetic 266 x 266 scan with ``slices`` slices as NIfTI (made once, reused); returns the image path."""
+    from kvmonai.data.prepare import prepare_dataset
+    from kvmonai.data.synth import write_synthetic_dataset
+
+    root = Path(folder)
+    marker = root / "case.json"
+    if marker.is_file():
+        return root / json.loads(marker.read_text())["image"]
+    shutil.rmtree(root, ignore_errors=True)
+    write_synthetic_dataset(root / "raw", cases=1, seed=seed, days=1, slices=slices, progress=False)
+    summary = prepare_dataset(root / "raw", root / "prepared", progress=False)
+    image = json.loads(Path(summary.datalist).read_text())["training"][0]["image"]
+    path = Path(summary.datalist).parent / image
+    write_text_atomic(marker, json.dumps({"image": str(path.relative_to(root))}))
+    return path
+
+
+def _mask_dice(a: Path, b: Path) -> float:
+    import nibabel as nib
+
+    x = np.asarray(nib.load(str(a)).dataobj) > 0
+    y = np.asarray(nib.load(str(b)).dataobj) > 0
+    total = x.sum() + y.sum()
+    return 1.0 if total == 0 else float(2 * (x & y).sum() / total)
+
+
+def _run_bundle(
+    root: Path, case: Path, out_dir: Path, preset: str, size: int, device: str, options: dict[str, object]
+) -> tuple[float, float]:
+    """Build the inference workflow of bundle ``root`` and run it on ``case``: (setup seconds, run seconds)."""
+    from kvmonai.bundle.workflow import bundle_workflow
+
+    shutil.rmtree(out_dir, ignore_errors=True)
+    start = time.perf_counter()
+    workflow = bundle_workflow(
+        root,
+        ["inference.json"],
+        "infer",
+        logging=False,
+        bundle_root=str(root),
+        input_path=str(case),
+        output_dir=str(out_dir),
+        preset=preset,
+        img_size=size,
+        device=device,
+        **{"inferer#progress": False},
+        **options,
+    )
+    workflow.evaluator  # noqa: B018 - parse the config and build the network before the clock starts
+    setup = time.perf_counter() - start
+    start = time.perf_counter()
+    workflow.run()
+    elapsed = time.perf_counter() - start
+    workflow.finalize()
+    return setup, elapsed
+
+
+def benchmark_case(
+    archs: Sequence[str],
+    attention: str = "kv",
+    preset: str = "paper",
+    settings: Sequence[str] = ("fp32", "fast"),
+    workdir: str | os.PathLike = "results/benchmark/case",
+    bundles: str | os.PathLike = "bundles",
+    slices: int = 144,
+    device: str = "cpu",
+    progress: bool = True,
+) -> list[CaseResult]:
+    """Run each bundle's ``inference.json`` on the synthetic case under each setting and time it.
+
+    The weights are a seeded random initialisation saved as the bundle's ``models/model.pt`` (speed does not depend
+    on the values). Each (bundle, setting) gets a fresh workflow, so one setting's rewrites never leak into another.
+
+    Args:
+        archs: architectures whose ``<arch>_<attention>`` bundle is run.
+        attention: attention variant.
+        preset: network sizes (``"paper"``: 224 x 224 inputs).
+        settings: names from :data:`SETTINGS`; the first is the reference of ``speedup`` and the mask agreement.
+        workdir: scratch folder (the case, bundle copies, predictions).
+        bundles: folder of the generated bundles.
+        slices: slices of the synthetic scan.
+        device: ``"cpu"`` or a CUDA device.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        one :class:`CaseResult` per (architecture, setting).
+
+    Raises:
+        ValueError: for an unknown setting.
+        FileNotFoundError: when a bundle is missing.
+    """
+    from tqdm.auto import tqdm
+
+    from kvmonai.bundle.checkpoint import save_atomic
+    from kvmonai.inference import autocast_dtype
+    from kvmonai.networks import PRESET_IMG_SIZE, create
+
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown:
+        raise ValueError(f"unknown settings {unknown}; choose from {list(SETTINGS)}.")
+    work = Path(workdir)
+    image = synthetic_case(work / "data", slices=slices)
+    warmup_case = synthetic_case(work / "warmup", slices=8)
+    size = PRESET_IMG_SIZE[preset]
+    results: list[CaseResult] = []
+    bar = tqdm(total=len(archs) * len(settings), unit="run", desc="whole case", disable=not progress)
+    for arch in archs:
+        name = f"{arch}_{attention}"
+        source = Path(bundles) / name
+        if not (source / "configs" / "inference.json").is_file():
+            raise FileNotFoundError(f"bundle {source} not found; run `python scripts/make_bundles.py`.")
+        root = work / "bundles" / name
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.copytree(source, root, ignore=shutil.ignore_patterns("runs", "models", "predictions", "eval"))
+        torch.manual_seed(0)
+        save_atomic(create(arch, attention, preset, img_size=size).state_dict(), root / "models" / "model.pt")
+        reference: tuple[float, Path] | None = None
+
+        # one short untimed run first: imports and readers a first run would otherwise charge to the baseline
+        warm = work / "predictions" / name / "warmup"
+        _run_bundle(root, warmup_case, warm, preset, size, device, SETTINGS[settings[0]])
+        for setting in settings:
+            options = SETTINGS[setting]
+            out_dir = work / "predictions" / name / setting
+            setup, elapsed = _run_bundle(root, image, out_dir, preset, size, device, options)
+            mask = next(out_dir.glob("*.nii.gz"))
+            dice = None if reference is None else _mask_dice(reference[1], mask)
+            if reference is None:
+                reference = (elapsed, mask)
+            dtype = autocast_dtype(str(options["precision"]), device)
+            results.append(
+                CaseResult(
+                    arch=arch,
+                    attention=attention,
+                    preset=preset,
+                    setting=setting,
+                    precision="fp32" if dtype is None else str(dtype).replace("torch.", ""),
+                    channels_last=bool(options["channels_last"]),
+                    fold=bool(options["fold"]),
+                    slices=slices,
+                    case_s=elapsed,
+                    setup_s=setup,
+                    per_slice_ms=1000 * elapsed / slices,
+                    speedup=reference[0] / elapsed,
+                    mask_dice_vs_fp32=dice,
+                )
+            )
+            bar.update(1)
+    bar.close()
+    return results

@@ -1,0 +1,114 @@
+"""``kvmonai benchmark``: speed and memory of every pair, the attention block's scaling, whole-case inference."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+__all__ = ["add_arguments", "run"]
+
+SUITES = ("models", "attention", "case")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}.") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}.")
+    return values
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``kvmonai benchmark``."""
+    from kvmonai.benchmark.case import SETTINGS
+    from kvmonai.networks import ARCHITECTURES, PRESETS
+
+    parser.add_argument("--suites", nargs="+", choices=SUITES, default=["models", "attention"],
+                        help="what to measure (default: models attention; 'case' adds whole-case inference of the "
+                        "paper-preset KV bundles, about 6 min on 2 CPU cores)")  # fmt: skip
+    parser.add_argument("--archs", nargs="+", choices=ARCHITECTURES, default=list(ARCHITECTURES),
+                        help="architectures (default: all five)")  # fmt: skip
+    parser.add_argument("--preset", default="small", choices=PRESETS, help="network sizes of the models suite "
+                        "(default: small)")  # fmt: skip
+    parser.add_argument("--img-size", type=int, help="input side of the models suite (default: the preset's)")
+    parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all",
+                        help="cpu, cuda, or all (default: every device present)")  # fmt: skip
+    parser.add_argument("--bf16", action="store_true", help="models/attention suites under bf16 autocast")
+    parser.add_argument("--repeats", type=int, default=5, help="timed interleaved rounds (default: 5)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: 1)")
+    parser.add_argument("--batch", type=int, default=16, help="throughput batch (default: 16)")
+    parser.add_argument("--train-batch", type=int, default=8, help="training-step batch (default: 8)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    parser.add_argument("--tokens", type=_int_list, default=None,
+                        help="token counts of the attention suite (default: 196,576,1024,2304,4096)")  # fmt: skip
+    parser.add_argument("--hidden", type=int, default=768, help="attention suite: hidden size (default: 768)")
+    parser.add_argument("--heads", type=int, default=12, help="attention suite: heads (default: 12)")
+    parser.add_argument("--case-preset", default="paper", choices=PRESETS, help="case suite: network sizes "
+                        "(default: paper)")  # fmt: skip
+    parser.add_argument("--case-attention", default="kv", choices=("qkv", "kv", "kvpos"),
+                        help="case suite: attention variant (default: kv)")  # fmt: skip
+    parser.add_argument("--case-settings", nargs="+", choices=list(SETTINGS), default=["fp32", "fast"],
+                        help="case suite: settings, the first is the reference (default: fp32 fast; "
+                        "'bf16' and 'bf16+cl' isolate the levers)")  # fmt: skip
+    parser.add_argument("--case-slices", type=int, default=144, help="case suite: slices (default: 144)")
+    parser.add_argument("--out", type=Path, default=Path("results/benchmark"), help="output folder "
+                        "(default: results/benchmark)")  # fmt: skip
+    parser.add_argument("--bundles", type=Path, default=None, help="bundles folder (default: the repository's)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the chosen suites and write the report."""
+    import torch
+
+    from kvmonai.benchmark.attention import DEFAULT_TOKENS, benchmark_attention
+    from kvmonai.benchmark.case import benchmark_case
+    from kvmonai.benchmark.models import benchmark_models
+    from kvmonai.benchmark.report import write_benchmark_report
+
+    if args.repeats < 1 or args.warmup < 0:
+        raise SystemExit(f"--repeats must be >= 1 and --warmup >= 0 (got {args.repeats}, {args.warmup}).")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible to torch; use --device cpu.")
+    devices = ["cpu"] if args.device == "cpu" else ["cuda"] if args.device == "cuda" else ["cpu"]
+    if args.device == "all" and torch.cuda.is_available():
+        devices.append("cuda")
+    dtype = torch.bfloat16 if args.bf16 else None
+    progress = not args.no_progress
+    models, attention, case = [], [], []
+    for device in devices:
+        if "models" in args.suites:
+            models += [
+                r.as_row()
+                for r in benchmark_models(
+                    args.archs, args.preset, args.img_size, device, args.repeats, args.warmup, args.batch,
+                    args.train_batch, dtype=dtype, memory=not args.no_memory, progress=progress,
+                )
+            ]  # fmt: skip
+        if "attention" in args.suites:
+            with torch.autocast(torch.device(device).type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                attention += [
+                    r.as_row()
+                    for r in benchmark_attention(
+                        args.tokens or DEFAULT_TOKENS, args.hidden, args.heads, 1, device, args.repeats, args.warmup,
+                        progress,
+                    )
+                ]  # fmt: skip
+    if "case" in args.suites:
+        bundles = args.bundles or Path(__file__).resolve().parents[2] / "bundles"
+        case = [
+            r.as_row()
+            for r in benchmark_case(
+                args.archs, args.case_attention, args.case_preset, args.case_settings, args.out / "case", bundles,
+                args.case_slices, devices[-1], progress,
+            )
+        ]  # fmt: skip
+    command = "kvmonai " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[1:]))
+    report = write_benchmark_report(args.out, command, models, attention, case)
+    sys.stdout.write(report.read_text())
+    sys.stdout.write(f"\nwrote {report} and the CSVs/charts beside it\n")
+    return 0

@@ -1,0 +1,114 @@
+"""Side-by-side timing: interleaved repeats, medians with spread, paired ratios, and peak tensor memory."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Timing", "peak_memory", "ratio", "synchronize", "time_interleaved"]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Summary of repeated wall-clock times in milliseconds: median and the inter-quartile range."""
+
+    times_ms: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times_ms)
+
+    @property
+    def iqr(self) -> float:
+        if len(self.times_ms) < 2:
+            return 0.0
+        q = statistics.quantiles(self.times_ms, n=4, method="inclusive")
+        return q[2] - q[0]
+
+    def __str__(self) -> str:
+        return f"{self.median:.1f} ± {self.iqr / 2:.1f} ms"
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for queued GPU work, so that a wall-clock time covers it (no-op on CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(
+    fns: Mapping[str, Callable[[], object]], repeats: int = 5, warmup: int = 1, device: torch.device | str = "cpu"
+) -> dict[str, Timing]:
+    """Time several callables round-robin (a, b, c, a, b, c, ...), so drifts of a shared machine hit all alike.
+
+    Args:
+        fns: name -> zero-argument callable to time.
+        repeats: timed rounds.
+        warmup: untimed rounds first (allocator, oneDNN primitive caches, lazy initialisation).
+        device: device to synchronise before reading the clock.
+
+    Returns:
+        name -> :class:`Timing` over the ``repeats`` rounds.
+
+    Raises:
+        ValueError: if ``repeats < 1`` or ``warmup < 0``.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}.")
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for round_ in range(warmup + repeats):
+        for name, fn in fns.items():
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            if round_ >= warmup:
+                times[name].append(1000 * (time.perf_counter() - start))
+    return {name: Timing(tuple(t)) for name, t in times.items()}
+
+
+def ratio(a: Timing, b: Timing) -> tuple[float, float, float]:
+    """Paired ratio a/b of two interleaved timings: (median, min, max) over the rounds."""
+    pairs = [x / y for x, y in zip(a.times_ms, b.times_ms, strict=True)]
+    return statistics.median(pairs), min(pairs), max(pairs)
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") -> int | None:
+    """Peak bytes of tensors alive while ``fn`` runs, beyond those alive before (parameters, inputs excluded).
+
+    CUDA: the caching allocator's peak. CPU: tensors are tracked through torch's ``MemTracker`` (a dispatch mode,
+    available in torch >= 2.4); ``None`` when it is not available. Run it apart from timings: tracking slows ``fn``.
+
+    Args:
+        fn: zero-argument callable.
+        device: where ``fn`` allocates.
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        before = torch.cuda.memory_allocated(dev)
+        fn()
+        torch.cuda.synchronize(dev)
+        return int(torch.cuda.max_memory_allocated(dev) - before)
+    try:
+        from torch.distributed._tools.mem_tracker import MemTracker
+    except ImportError:
+        return None
+    tracker = MemTracker()
+    with tracker:
+        fn()
+    peak = tracker.get_tracker_snapshot("peak")
+    total = sum(stats.get("Total", 0) for d, stats in peak.items() if str(d) == str(dev.type) or str(d) == str(dev))
+    # parameters and buffers are tracked when first touched; count what the call adds on top of them
+    params = sum(
+        stats.get(kind, 0)
+        for d, stats in peak.items()
+        if str(d) in (str(dev.type), str(dev))
+        for kind in stats
+        if str(kind) in ("_MemRefType.PARAM", "_MemRefType.BUFFER")
+    )
+    return int(total - params)
