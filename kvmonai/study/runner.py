@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import statistics
 import time
 import traceback
 from collections.abc import Sequence
@@ -82,21 +81,17 @@ def measure_latency(
     net: torch.nn.Module, shape: Sequence[int], device: str, repeats: int = 10, warmup: int = 2
 ) -> tuple[float, float]:
     """Median and inter-quartile range of the forward time (ms) of ``net`` on a random input of ``shape``."""
+    from kvmonai.benchmark.timing import time_interleaved
+
     x = torch.randn(*shape, device=device)
     net = net.to(device).eval()
-    times = []
-    with torch.inference_mode():
-        for i in range(warmup + repeats):
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            start = time.perf_counter()
+
+    def forward() -> None:
+        with torch.inference_mode():
             net(x)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            if i >= warmup:
-                times.append(1000 * (time.perf_counter() - start))
-    q = statistics.quantiles(times, n=4)
-    return statistics.median(times), q[2] - q[0]
+
+    timing = time_interleaved({"net": forward}, repeats=repeats, warmup=warmup, device=device)["net"]
+    return timing.median, timing.iqr
 
 
 def _run_one(cfg: StudyConfig, arch: str, attention: str, fold: int, seed: int, parent_id: str | None) -> dict:
