@@ -8,8 +8,9 @@ workflow, the same ``ConfigWorkflow`` as ``python -m monai.bundle run``, with th
   for validation (in-sample validation when only one study is labelled);
 * ``volume_transforms``: studies and label maps read as in inference (see
   :func:`kvmonai.label.bundles.adapt_volume_transforms`);
-* ``train#handlers``: the current ``models/model.pt`` loaded first when ``pretrained`` (fine-tuning; a copy is
-  kept as ``runs/monailabel_<run>/model_before.pt``), and a statistics writer for MONAI Label's ``train_stats``;
+* ``train#handlers``: when ``pretrained`` (fine-tuning), the current ``models/model.pt`` is loaded first (a copy is
+  kept as ``runs/monailabel_<run>/model_before.pt``) and validated before the first epoch, so that only an epoch
+  that beats it replaces it; and a statistics writer for MONAI Label's ``train_stats``;
 * ``max_epochs``, ``learning_rate``, ``device``, ``amp`` (on CUDA only), ``mlflow`` and ``output_dir``
   (``runs/monailabel_<run>``) from the request.
 
@@ -20,12 +21,14 @@ picks up at its next request.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import os
 import shutil
 from collections.abc import Mapping
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,13 +40,35 @@ from kvmonai.label.bundles import BundleSpec, adapt_volume_transforms
 from kvmonai.label.datalist import label_values, split_items
 from kvmonai.utils import write_text_atomic
 
-__all__ = ["KVBundleTrainTask"]
+__all__ = ["FINE_TUNE_LR_FACTOR", "KVBundleTrainTask"]
 
 logger = logging.getLogger(__name__)
+
+#: default fine-tuning learning rate, relative to train.json's (a trained model does not survive the full rate:
+#: with a few studies, the one-cycle schedule's warm-up is shorter than one step)
+FINE_TUNE_LR_FACTOR = 0.1
 
 
 def _flag(value: Any) -> bool:
     return bool(strtobool(str(value))) if isinstance(value, str) else bool(value)
+
+
+def _digest(path: Path) -> str | None:
+    """SHA-256 over the tensors of a weights file (not its bytes, which differ between saves of equal weights);
+    ``None`` when the file does not exist or does not load."""
+    from kvmonai.bundle.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError:
+        return None
+    h = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key]
+        h.update(key.encode())
+        if torch.is_tensor(value):
+            h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 class KVBundleTrainTask(BasicTrainTask):
@@ -51,9 +76,9 @@ class KVBundleTrainTask(BasicTrainTask):
 
     Args:
         spec: the bundle (from :func:`kvmonai.label.bundles.open_bundle`).
-        config: defaults for the options clients see (merged over ``max_epochs`` and ``learning_rate`` of
-            ``train.json``, ``val_split`` 0.2, ``pretrained`` true, ``mlflow`` as in ``train.json``,
-            ``tracking_uri`` from ``MONAI_LABEL_TRACKING_URI``, ``device``).
+        config: defaults for the options clients see, merged over: ``max_epochs`` of ``train.json``,
+            ``learning_rate`` of ``train.json`` times :data:`FINE_TUNE_LR_FACTOR`, ``val_split`` 0.2, ``pretrained``
+            true, ``mlflow`` as in ``train.json``, ``tracking_uri`` from ``MONAI_LABEL_TRACKING_URI``, ``device``.
     """
 
     def __init__(self, spec: BundleSpec, config: Mapping[str, Any] | None = None) -> None:
@@ -73,7 +98,7 @@ class KVBundleTrainTask(BasicTrainTask):
         parser = spec.parser("train")
         self._config = {
             "max_epochs": int(parser["max_epochs"]),
-            "learning_rate": float(parser["learning_rate"]),
+            "learning_rate": float(parser["learning_rate"]) * FINE_TUNE_LR_FACTOR,
             "val_split": 0.2,
             "pretrained": True,
             "mlflow": _flag(parser["mlflow"]),
@@ -181,7 +206,7 @@ class KVBundleTrainTask(BasicTrainTask):
             datalist: the labelled studies from :meth:`pre_process`.
 
         Returns:
-            the statistics of the run.
+            the statistics of the run, with ``weights_updated`` (whether ``models/model.pt`` changed).
 
         Raises:
             ValueError: no labelled study or a bad ``val_split``.
@@ -192,13 +217,20 @@ class KVBundleTrainTask(BasicTrainTask):
         if in_sample:
             logger.warning(f"{self.spec.name}: no study held out for validation; validating on the training studies")
         run_dir = self.spec.root / "runs" / f"monailabel_{request['run_id']}"
-        run_dir.mkdir(parents=True, exist_ok=True)
+        for n in range(1, 1000):  # two runs started in the same second get separate folders
+            if not run_dir.exists():
+                break
+            run_dir = run_dir.with_name(f"monailabel_{request['run_id']}_{n}")
+        run_dir.mkdir(parents=True)
         weights = self.spec.weights
         handlers = list(copy.deepcopy(self.spec.parser("train")["train"]["handlers"]))
         if _flag(request.get("pretrained", True)) and weights.is_file():
             start = run_dir / "model_before.pt"
             shutil.copy2(weights, start)
             handlers.insert(0, {"_target_": "kvmonai.bundle.WeightsLoader", "network": "@network", "path": str(start)})
+            for handler in handlers:  # validate the served weights first: only a better epoch replaces them
+                if isinstance(handler, dict) and str(handler.get("_target_", "")).endswith("ValidationHandler"):
+                    handler["exec_at_start"] = True
             logger.info(f"{self.spec.name}: fine-tuning from {weights} (copy kept in {start})")
         handlers.append(
             {
@@ -229,6 +261,7 @@ class KVBundleTrainTask(BasicTrainTask):
             f"{self.spec.name}: training on {len(train_items)} studies, validating on {len(val_items)}"
             f"{' (in-sample)' if in_sample else ''}, {overrides['max_epochs']} epochs on {device}; run {run_dir}"
         )
+        digest_before = _digest(weights)
         workflow = bundle_workflow(self.spec.root, ["train.json"], "train", logging=False, **overrides)
         try:
             workflow.run()
@@ -241,6 +274,7 @@ class KVBundleTrainTask(BasicTrainTask):
                 "val_studies": len(val_items),
                 "in_sample_validation": in_sample,
                 "weights": str(weights),
+                "weights_updated": _digest(weights) != digest_before,
             }
         )
         write_text_atomic(self._stats_path, json.dumps(stats, indent=2))

@@ -9,7 +9,6 @@ reorientation has to be undone). The tests talk HTTP to it and stop it by its pr
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -63,8 +62,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _same_weights(a: Path, b: Path) -> bool:
+    """Equal tensors (file bytes differ between saves of the same weights)."""
+    sa, sb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +164,7 @@ def test_info_lists_bundles_labels_and_trainers(server: Server):
     assert sorted(info["trainers"]) == ["setr_kv", "unetr_kv"]
     config = info["trainers"]["setr_kv"]["config"]
     assert {"max_epochs", "learning_rate", "val_split", "pretrained", "mlflow", "device"} <= set(config)
-    assert config["max_epochs"] == 50 and config["learning_rate"] == 0.001  # train.json's values
+    assert config["max_epochs"] == 50 and config["learning_rate"] == pytest.approx(0.0001)  # train.json: 50, 0.001
     assert info["datastore"]["total"] == 1
 
 
@@ -197,11 +198,29 @@ def test_infer_errors_name_the_problem(server: Server, tmp_path: Path):
     assert r.status_code == 404 and "setr_kv" in r.json()["detail"]
 
 
+def _train(srv: Server, params: dict) -> dict:
+    """POST /train/setr_kv, wait until it ends, and return the model's train_stats from /info/."""
+    r = requests.post(f"{srv.url}/train/setr_kv", json=params, timeout=60)
+    assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 180
+    while True:
+        status = requests.get(f"{srv.url}/train/", timeout=30).json()
+        if status.get("status") not in ("SUBMITTED", "RUNNING"):
+            break
+        assert time.monotonic() < deadline, f"training still running after 180 s:\n{srv.log_tail()}"
+        time.sleep(1)
+    details = "\n".join(status.get("details", []))
+    assert status["status"] == "DONE", f"{status['status']}:\n{details}\n{srv.log_tail()}"
+    return requests.get(f"{srv.url}/info/", timeout=30).json()["train_stats"]["setr_kv"]
+
+
 def test_training_through_rest_fine_tunes_the_served_weights(server: Server, tmp_path: Path):
-    """Submit a label as 3D Slicer does, train one tiny epoch, and get the new weights served."""
-    weights = server.bundles / "setr_kv" / "models" / "model.pt"
-    before = _sha256(weights)
-    label = _bundle_label(server.bundles / "setr_kv", server.studies / "study1.nii.gz", tmp_path / "bundle")
+    """Submit a label as 3D Slicer does, fine-tune one tiny epoch, retrain from scratch, get the new weights served."""
+    bundle = server.bundles / "setr_kv"
+    weights = bundle / "models" / "model.pt"
+    before = tmp_path / "before.pt"
+    shutil.copy2(weights, before)
+    label = _bundle_label(bundle, server.studies / "study1.nii.gz", tmp_path / "bundle")
     nib.save(label, tmp_path / "corrected.nii.gz")
     form = {"params": json.dumps({"label_info": LABEL_INFO})}  # what 3D Slicer's "Submit Label" sends
     with open(tmp_path / "corrected.nii.gz", "rb") as f:
@@ -212,25 +231,23 @@ def test_training_through_rest_fine_tunes_the_served_weights(server: Server, tmp
     assert r.status_code == 200, r.text
     assert (server.studies / "labels" / "final" / "study1.nii.gz").is_file()
 
-    r = requests.post(f"{server.url}/train/setr_kv", json={"max_epochs": 1, "mlflow": False}, timeout=60)
-    assert r.status_code == 200, r.text
-    deadline = time.monotonic() + 180
-    while True:
-        status = requests.get(f"{server.url}/train/", timeout=30).json()
-        if status.get("status") not in ("SUBMITTED", "RUNNING"):
-            break
-        assert time.monotonic() < deadline, f"training still running after 180 s:\n{server.log_tail()}"
-        time.sleep(1)
-    details = "\n".join(status.get("details", []))
-    assert status["status"] == "DONE", f"{status['status']}:\n{details}\n{server.log_tail()}"
-
-    assert _sha256(weights) != before
-    runs = list((server.bundles / "setr_kv" / "runs").glob("monailabel_*/model_before.pt"))
-    assert len(runs) == 1 and _sha256(runs[0]) == before  # the fine-tuning started from the served weights
-    stats = requests.get(f"{server.url}/info/", timeout=30).json()["train_stats"]["setr_kv"]
+    # fine-tuning (the default): starts from the served weights, validated first (epoch 0), so they are replaced
+    # only when the trained epoch beats them
+    stats = _train(server, {"max_epochs": 1, "mlflow": False})
+    runs = list((bundle / "runs").glob("monailabel_*/model_before.pt"))
+    assert len(runs) == 1 and _same_weights(runs[0], before)
     assert stats["epoch"] == 1 and stats["total_epochs"] == 1 and stats["key_metric_name"] == "val_jaccard"
     assert stats["train_studies"] == 1 and stats["in_sample_validation"] is True
+    assert stats["best_metric_epoch"] in (0, 1)
+    assert stats["weights_updated"] == (stats["best_metric_epoch"] == 1) == (not _same_weights(weights, before))
 
+    # from scratch: the one epoch is the best, so the weights change; the next inference serves them
+    shutil.copy2(weights, before)
+    stats = _train(server, {"max_epochs": 1, "mlflow": False, "pretrained": False})
+    assert stats["weights_updated"] is True and stats["best_metric_epoch"] == 1
+    assert not _same_weights(weights, before)
     r = _infer(server, "setr_kv", tmp_path / "after.nii.gz", image="study1")
     assert r.status_code == 200, f"{r.status_code} {r.text[:500]}\n{server.log_tail()}"
-    assert nib.load(tmp_path / "after.nii.gz").shape == nib.load(server.studies / "study1.nii.gz").shape
+    expected = nib.as_closest_canonical(_bundle_label(bundle, server.studies / "study1.nii.gz", tmp_path / "new"))
+    got = np.asarray(nib.as_closest_canonical(nib.load(tmp_path / "after.nii.gz")).dataobj)
+    assert (got != np.asarray(expected.dataobj)).sum() <= got.size // 1000
