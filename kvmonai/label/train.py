@@ -228,10 +228,19 @@ class KVBundleTrainTask(BasicTrainTask):
             start = run_dir / "model_before.pt"
             shutil.copy2(weights, start)
             handlers.insert(0, {"_target_": "kvmonai.bundle.WeightsLoader", "network": "@network", "path": str(start)})
-            for handler in handlers:  # validate the served weights first: only a better epoch replaces them
-                if isinstance(handler, dict) and str(handler.get("_target_", "")).endswith("ValidationHandler"):
-                    handler["exec_at_start"] = True
+            # validate the served weights before the first epoch, so that only a better epoch replaces them. Last in
+            # the list: the trainer's MLflow handler must open the run first (else the evaluator's logs max_epochs=1
+            # and the trainer's max_epochs is refused); its interval is never reached.
+            start_validation = {
+                "_target_": "ValidationHandler",
+                "validator": "@validate#evaluator",
+                "interval": int(request["max_epochs"]) + 1,
+                "epoch_level": True,
+                "exec_at_start": True,
+            }
             logger.info(f"{self.spec.name}: fine-tuning from {weights} (copy kept in {start})")
+        else:
+            start_validation = None
         handlers.append(
             {
                 "_target_": "kvmonai.label.handlers.TrainStatsWriter",
@@ -240,6 +249,8 @@ class KVBundleTrainTask(BasicTrainTask):
                 "run_dir": str(run_dir),
             }
         )
+        if start_validation is not None:
+            handlers.append(start_validation)
         device = str(request["device"])
         overrides: dict[str, Any] = {
             **self.spec.train_overrides,

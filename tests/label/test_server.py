@@ -233,9 +233,10 @@ def test_training_through_rest_fine_tunes_the_served_weights(server: Server, tmp
 
     # fine-tuning (the default): starts from the served weights, validated first (epoch 0), so they are replaced
     # only when the trained epoch beats them
-    stats = _train(server, {"max_epochs": 1, "mlflow": False})
+    stats = _train(server, {"max_epochs": 1})  # MLflow on, as train.json has it
     runs = list((bundle / "runs").glob("monailabel_*/model_before.pt"))
     assert len(runs) == 1 and _same_weights(runs[0], before)
+    assert (runs[0].parent / "mlruns.db").is_file()
     assert stats["epoch"] == 1 and stats["total_epochs"] == 1 and stats["key_metric_name"] == "val_jaccard"
     assert stats["train_studies"] == 1 and stats["in_sample_validation"] is True
     assert stats["best_metric_epoch"] in (0, 1)
