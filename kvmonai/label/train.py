@@ -8,9 +8,9 @@ workflow, the same ``ConfigWorkflow`` as ``python -m monai.bundle run``, with th
   for validation (in-sample validation when only one study is labelled);
 * ``volume_transforms``: studies and label maps read as in inference (see
   :func:`kvmonai.label.bundles.adapt_volume_transforms`);
-* ``train#handlers``: when ``pretrained`` (fine-tuning), the current ``models/model.pt`` is loaded first (a copy is
-  kept as ``runs/monailabel_<run>/model_before.pt``) and validated before the first epoch, so that only an epoch
-  that beats it replaces it; and a statistics writer for MONAI Label's ``train_stats``;
+* ``train#handlers``: when ``pretrained`` (fine-tuning), the current ``models/model.pt`` is loaded first and
+  validated before the first epoch, so that only an epoch that beats it replaces it (a copy is kept as
+  ``runs/monailabel_<run>/model_before.pt`` in any case); and a statistics writer for MONAI Label's ``train_stats``;
 * ``max_epochs``, ``learning_rate``, ``device``, ``amp`` (on CUDA only), ``mlflow`` and ``output_dir``
   (``runs/monailabel_<run>``) from the request.
 
@@ -224,9 +224,15 @@ class KVBundleTrainTask(BasicTrainTask):
         run_dir.mkdir(parents=True)
         weights = self.spec.weights
         handlers = list(copy.deepcopy(self.spec.parser("train")["train"]["handlers"]))
-        if _flag(request.get("pretrained", True)) and weights.is_file():
-            start = run_dir / "model_before.pt"
+        start = run_dir / "model_before.pt"
+        if weights.is_file():  # kept whatever happens: a run may replace models/model.pt
             shutil.copy2(weights, start)
+        if not _flag(request.get("pretrained", True)) or not weights.is_file():
+            logger.info(
+                f"{self.spec.name}: training from scratch ({weights} {'kept' if weights.is_file() else 'absent'})"
+            )
+            start_validation = None
+        else:
             handlers.insert(0, {"_target_": "kvmonai.bundle.WeightsLoader", "network": "@network", "path": str(start)})
             # validate the served weights before the first epoch, so that only a better epoch replaces them. Last in
             # the list: the trainer's MLflow handler must open the run first (else the evaluator's logs max_epochs=1
@@ -239,8 +245,6 @@ class KVBundleTrainTask(BasicTrainTask):
                 "exec_at_start": True,
             }
             logger.info(f"{self.spec.name}: fine-tuning from {weights} (copy kept in {start})")
-        else:
-            start_validation = None
         handlers.append(
             {
                 "_target_": "kvmonai.label.handlers.TrainStatsWriter",
