@@ -22,6 +22,17 @@ from kvmonai.inference import optimize_for_inference
 from kvmonai.networks import ARCHITECTURES, create
 
 
+def gemm_throughput(dtype: torch.dtype, m: int = 4096, k: int = 768, n: int = 3072, repeats: int = 20) -> float:
+    """GFLOP/s of a ViT-B MLP-sized matrix product: the ceiling the networks' linear layers can reach."""
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * m * k * n * repeats / (time.perf_counter() - start) / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=ARCHITECTURES, default="setr")
@@ -31,6 +42,8 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (its compile takes 15-30 s)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
+    fp32, bf16_gemm = gemm_throughput(torch.float32), gemm_throughput(torch.bfloat16)
+    print(f"matrix product 4096x768 @ 768x3072: fp32 {fp32:.0f} GFLOP/s, bf16 {bf16_gemm:.0f} GFLOP/s")
     torch.manual_seed(0)
     base = create(args.arch, args.attention, "paper").eval()
     x = torch.randn(args.batch, 3, 224, 224)

@@ -69,6 +69,9 @@ def benchmark_attention(
 ) -> list[AttentionResult]:
     """Time :class:`~kvmonai.networks.blocks.KVSelfAttention` in its three variants at each token count.
 
+    The forward pass runs in eval mode (inference), forward + backward in training mode: KV+Pos takes a different
+    SDPA route in each (see :func:`~kvmonai.networks.blocks.append_key_bias`).
+
     Args:
         tokens: token counts n.
         hidden_size: embedding size (768: ViT-B).
@@ -101,7 +104,11 @@ def benchmark_attention(
     results: list[AttentionResult] = []
     for n in tqdm(tokens, unit="n", desc=f"attention {device}", disable=not progress):
         x = torch.randn(batch, n, hidden_size, device=device)
+        for block in blocks.values():  # forward as at inference, forward + backward as in training
+            block.eval()
         fwd = time_interleaved({a: _fwd(b, x) for a, b in blocks.items()}, repeats, warmup, device)
+        for block in blocks.values():
+            block.train()
         bwd = time_interleaved({a: _fwd_bwd(b, x.clone()) for a, b in blocks.items()}, repeats, warmup, device)
         for att, block in blocks.items():
             results.append(

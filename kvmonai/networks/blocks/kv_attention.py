@@ -355,7 +355,9 @@ class KVSelfAttention(nn.Module):
             mask_bias = torch.zeros(b, 1, 1, n, dtype=q.dtype, device=q.device).masked_fill(~keys, float("-inf"))
             bias = mask_bias if bias is None else bias + mask_bias
 
-        fuse_key_bias = key_bias is not None and bias is None and not self.save_attn
+        # training: the bias as extra head channels (append_key_bias); eval: an additive mask, which SDPA's fused
+        # kernels take at KV's speed when no gradient flows to it
+        fuse_key_bias = key_bias is not None and self.training and bias is None and not self.save_attn
         if key_bias is not None and not fuse_key_bias:
             bias = key_bias.view(1, 1, 1, n) if bias is None else bias + key_bias.view(1, 1, 1, n)
         if self.save_attn:

@@ -281,12 +281,16 @@ class CvTAttention(nn.Module):
 
         q, k, v = self._heads(q), self._heads(k), self._heads(v)
         head = v.shape[-1]
+        mask: Optional[torch.Tensor] = None  # noqa: UP045
         if self.pos_proj is not None:
             q = q * self.pos_proj.weight.sum().to(q.dtype)
             bias = _key_position_bias(self.pos_proj.weight, self.pos_proj.bias, k.shape[2], self.pos_channels)
-            q, k, v = append_key_bias(q, k, v, bias / self.scale)  # the bias without an attention mask
+            if self.training:  # extra head channels keep SDPA's fused kernels in the backward (append_key_bias)
+                q, k, v = append_key_bias(q, k, v, bias / self.scale)
+            else:  # eval: a mask that needs no gradient costs nothing extra
+                mask = bias.to(q.dtype).view(1, 1, 1, -1)
         out = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout_rate if self.training else 0.0, scale=self.scale
+            q, k, v, attn_mask=mask, dropout_p=self.dropout_rate if self.training else 0.0, scale=self.scale
         )[..., :head]
         out = self.proj(out.transpose(1, 2).reshape(b, q.shape[2], c))
         if self.kv_mode == "down_up":

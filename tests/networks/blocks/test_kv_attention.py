@@ -247,13 +247,15 @@ def test_append_key_bias_equals_the_additive_mask(n_q, n_k):
 
 
 def test_kvpos_fused_path_equals_mask_path():
-    """KV+Pos without a mask uses the fused path; with save_attn it adds the bias as a mask: same output."""
+    """KV+Pos in training mode uses the fused path; with save_attn (or in eval) it adds the bias as a mask."""
     torch.manual_seed(0)
     block = KVSelfAttention(64, 4, qkv_bias=True, attention="kvpos")
     with torch.no_grad():
         block.pos_proj.weight.normal_(0, 0.3)  # a trained-looking position correction, not the initial plain KV
     x = torch.randn(2, 30, 64)
     fused = block(x)
-    block.save_attn = True
+    masked_eval = block.eval()(x)
+    block.train().save_attn = True
     masked = block(x)
     torch.testing.assert_close(fused, masked, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused, masked_eval, atol=1e-5, rtol=1e-5)
