@@ -6,6 +6,7 @@ from kvmonai.inference.optimize import (
     autocast_dtype,
     fold_batch_norms,
     freeze_for_inference,
+    inplace_activations,
     optimize_for_inference,
 )
 
@@ -15,5 +16,6 @@ __all__ = [
     "autocast_dtype",
     "fold_batch_norms",
     "freeze_for_inference",
+    "inplace_activations",
     "optimize_for_inference",
 ]

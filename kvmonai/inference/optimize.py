@@ -2,8 +2,8 @@
 
 Each rewrite is exact up to floating-point rounding and is measured in ``docs/benchmarks.md`` (kept only where it
 pays): BatchNorm folded into the preceding convolution of MONAI :class:`~monai.networks.blocks.Convolution` blocks
-(SETR decoders, CvT projections), frozen weight standardisation (TransUNet's ResNetV2 convolutions compute it on every
-call in training), and channels-last weights for oneDNN convolutions.
+(SETR decoders, CvT projections), in-place activations in those blocks, frozen weight standardisation (TransUNet's
+ResNetV2 convolutions compute it on every call in training), and channels-last weights for oneDNN convolutions.
 """
 
 from __future__ import annotations
@@ -13,7 +13,14 @@ from monai.networks.blocks import Convolution
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["PRECISIONS", "autocast_dtype", "fold_batch_norms", "freeze_for_inference", "optimize_for_inference"]
+__all__ = [
+    "PRECISIONS",
+    "autocast_dtype",
+    "fold_batch_norms",
+    "freeze_for_inference",
+    "inplace_activations",
+    "optimize_for_inference",
+]
 
 #: precisions accepted by :func:`autocast_dtype` and the inference bundles' ``precision`` setting
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
@@ -89,6 +96,28 @@ def fold_batch_norms(network: nn.Module) -> int:
     return folded
 
 
+def inplace_activations(network: nn.Module) -> int:
+    """Make the activations of MONAI ``Convolution`` blocks work in place (ReLU, LeakyReLU, ELU...).
+
+    Inside such a block the activation's input is produced by the block itself (the convolution, or its norm) and
+    read by nothing else, so overwriting it is safe; it saves one full-size tensor per block (the decoders' largest).
+    For inference only: in place activations can break a backward pass.
+
+    Args:
+        network: the network, changed in place.
+
+    Returns:
+        the number of activations switched.
+    """
+    switched = 0
+    for block in network.modules():
+        act = getattr(getattr(block, "adn", None), "A", None) if isinstance(block, Convolution) else None
+        if act is not None and hasattr(act, "inplace") and not act.inplace:
+            act.inplace = True
+            switched += 1
+    return switched
+
+
 def freeze_for_inference(network: nn.Module) -> int:
     """Replace every submodule that offers ``inference_module()`` with the plain module it returns.
 
@@ -116,7 +145,7 @@ def optimize_for_inference(network: nn.Module, fold: bool = True, channels_last:
 
     Args:
         network: the network (a ``DistributedDataParallel`` wrapper is unwrapped).
-        fold: fold BatchNorms and freeze training-time reparameterisations.
+        fold: fold BatchNorms, freeze training-time reparameterisations and run block activations in place.
         channels_last: store 4D weights channels-last (oneDNN's preferred layout on CPUs).
     """
     net = getattr(network, "module", network)
@@ -124,6 +153,7 @@ def optimize_for_inference(network: nn.Module, fold: bool = True, channels_last:
     if fold:
         freeze_for_inference(net)
         fold_batch_norms(net)
+        inplace_activations(net)
     if channels_last:
         net.to(memory_format=torch.channels_last)
     return network

@@ -11,6 +11,7 @@ from kvmonai.inference import (
     autocast_dtype,
     fold_batch_norms,
     freeze_for_inference,
+    inplace_activations,
     optimize_for_inference,
 )
 from kvmonai.inference.optimize import _cpu_has_fast_bf16
@@ -47,6 +48,7 @@ def test_rewrites_happen_where_expected():
     setr = _trained_looking(create("setr", "kv", "tiny", img_size=64))
     assert fold_batch_norms(setr) == 2  # the PUP stages: log2(patch size 4) of the tiny preset
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in setr.modules())
+    assert inplace_activations(setr) == 2 and inplace_activations(setr) == 0  # the PUP ReLUs, once
     cvt = _trained_looking(create("cvt", "kv", "tiny", img_size=64))
     assert fold_batch_norms(cvt) > 0
     transunet = create("transunet", "kv", "tiny", img_size=64).eval()
