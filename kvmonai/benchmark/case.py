@@ -17,12 +17,13 @@ from kvmonai.utils import write_text_atomic
 
 __all__ = ["SETTINGS", "CaseResult", "benchmark_case", "synthetic_case"]
 
-#: inference settings compared: the fp32 eager baseline and the bundles' default fast path
+#: inference settings compared, as overrides of the bundle's ``precision``, ``channels_last`` and ``fuse``: the fp32
+#: eager baseline, the levers one by one, and ``fast``, the bundle's own defaults
 SETTINGS: dict[str, dict[str, object]] = {
-    "fp32": {"precision": "fp32", "channels_last": False, "fold": False},
-    "bf16": {"precision": "bf16", "channels_last": False, "fold": False},
-    "bf16+cl": {"precision": "bf16", "channels_last": True, "fold": False},
-    "fast": {"precision": "auto", "channels_last": True, "fold": True},
+    "fp32": {"precision": "fp32", "channels_last": False, "fuse": False},
+    "bf16": {"precision": "bf16", "channels_last": False, "fuse": False},
+    "bf16+cl": {"precision": "bf16", "channels_last": True, "fuse": False},
+    "fast": {},
 }
 
 
@@ -37,7 +38,7 @@ class CaseResult:
     setting: str
     precision: str
     channels_last: bool
-    fold: bool
+    fuse: bool
     slices: int
     case_s: float
     setup_s: float
@@ -78,8 +79,8 @@ def _mask_dice(a: Path, b: Path) -> float:
 
 def _run_bundle(
     root: Path, case: Path, out_dir: Path, preset: str, size: int, device: str, options: dict[str, object]
-) -> tuple[float, float]:
-    """Build the inference workflow of bundle ``root`` and run it on ``case``: (setup seconds, run seconds)."""
+) -> tuple[float, float, dict[str, object]]:
+    """Run the inference workflow of bundle ``root`` on ``case``: setup seconds, run seconds, resolved settings."""
     from kvmonai.bundle.workflow import bundle_workflow
 
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -100,11 +101,12 @@ def _run_bundle(
     )
     workflow.evaluator  # noqa: B018 - parse the config and build the network before the clock starts
     setup = time.perf_counter() - start
+    resolved = {key: workflow.parser.get_parsed_content(key) for key in ("precision", "channels_last", "fuse")}
     start = time.perf_counter()
     workflow.run()
     elapsed = time.perf_counter() - start
     workflow.finalize()
-    return setup, elapsed
+    return setup, elapsed, resolved
 
 
 def benchmark_case(
@@ -144,7 +146,7 @@ def benchmark_case(
     from tqdm.auto import tqdm
 
     from kvmonai.bundle.checkpoint import save_atomic
-    from kvmonai.inference import autocast_dtype
+    from kvmonai.inference import as_flag, autocast_dtype
     from kvmonai.networks import PRESET_IMG_SIZE, create
 
     unknown = [s for s in settings if s not in SETTINGS]
@@ -174,12 +176,12 @@ def benchmark_case(
         for setting in settings:
             options = SETTINGS[setting]
             out_dir = work / "predictions" / name / setting
-            setup, elapsed = _run_bundle(root, image, out_dir, preset, size, device, options)
+            setup, elapsed, resolved = _run_bundle(root, image, out_dir, preset, size, device, options)
             mask = next(out_dir.glob("*.nii.gz"))
             dice = None if reference is None else _mask_dice(reference[1], mask)
             if reference is None:
                 reference = (elapsed, mask)
-            dtype = autocast_dtype(str(options["precision"]), device)
+            dtype = autocast_dtype(str(resolved["precision"]), device)
             results.append(
                 CaseResult(
                     arch=arch,
@@ -187,8 +189,8 @@ def benchmark_case(
                     preset=preset,
                     setting=setting,
                     precision="fp32" if dtype is None else str(dtype).replace("torch.", ""),
-                    channels_last=bool(options["channels_last"]),
-                    fold=bool(options["fold"]),
+                    channels_last=as_flag("channels_last", resolved["channels_last"]),
+                    fuse=as_flag("fuse", resolved["fuse"]),
                     slices=slices,
                     case_s=elapsed,
                     setup_s=setup,

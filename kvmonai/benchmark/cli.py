@@ -43,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=16, help="throughput batch (default: 16)")
     parser.add_argument("--train-batch", type=int, default=8, help="training-step batch (default: 8)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="device peak TFLOP/s for the MFU column "
+                        "(default: data-sheet bf16 peak of known GPUs with --bf16; none on CPU)")  # fmt: skip
     parser.add_argument("--tokens", type=_int_list, default=None,
                         help="token counts of the attention suite (default: 196,576,1024,2304,4096)")  # fmt: skip
     parser.add_argument("--hidden", type=int, default=768, help="attention suite: hidden size (default: 768)")
@@ -87,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
                 for r in benchmark_models(
                     args.archs, args.preset, args.img_size, device, args.repeats, args.warmup, args.batch,
                     args.train_batch, dtype=dtype, memory=not args.no_memory, progress=progress,
+                    peak_tflops=args.peak_tflops if device != "cpu" else None,
                 )
             ]  # fmt: skip
         if "attention" in args.suites:

@@ -9,7 +9,18 @@ import torch
 
 from kvmonai.benchmark.timing import peak_memory, ratio, time_interleaved
 
-__all__ = ["ModelResult", "benchmark_models"]
+__all__ = ["PEAK_BF16_TFLOPS", "ModelResult", "benchmark_models", "peak_tflops_of"]
+
+#: dense bf16 tensor-core peak (TFLOP/s) by GPU name fragment, from the vendors' data sheets (SXM parts)
+PEAK_BF16_TFLOPS: dict[str, float] = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
+
+
+def peak_tflops_of(device: str, dtype: torch.dtype | None) -> float | None:
+    """The data-sheet bf16/fp16 peak of a known CUDA GPU; ``None`` for CPUs, fp32 or unknown GPUs."""
+    if torch.device(device).type != "cuda" or dtype not in (torch.bfloat16, torch.float16):
+        return None
+    name = torch.cuda.get_device_name(torch.device(device))
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
 
 
 @dataclass
@@ -31,6 +42,9 @@ class ModelResult:
     train_batch: int
     train_step_ms: float
     train_step_iqr_ms: float
+    train_slices_s: float
+    train_tflops: float
+    mfu: float | None
     peak_forward_mb: float | None
     peak_train_mb: float | None
     latency_ratio: float
@@ -80,6 +94,7 @@ def benchmark_models(
     dtype: torch.dtype | None = None,
     memory: bool = True,
     progress: bool = True,
+    peak_tflops: float | None = None,
 ) -> list[ModelResult]:
     """Measure every attention variant of each architecture, the variants interleaved round by round.
 
@@ -100,6 +115,9 @@ def benchmark_models(
         dtype: autocast dtype (``None``: fp32).
         memory: also measure peak memory.
         progress: show a tqdm progress bar.
+        peak_tflops: the device's peak dense TFLOP/s at the measured precision, for the model FLOP utilisation
+            (MFU = forward + backward FLOPs of a step / step time / peak); default: :func:`peak_tflops_of` (known
+            GPUs in bf16), else no MFU.
 
     Returns:
         one :class:`ModelResult` per pair.
@@ -140,6 +158,9 @@ def benchmark_models(
                 net.train()
                 peak_train = peak_memory(steps[att], device)
             lat_r = ratio(latency[att], latency[variants[0]])
+            step_macs = count_macs(net, (train_batch, in_channels, size, size), backward=True)
+            achieved = 2 * step_macs / (train[att].median / 1000) / 1e12
+            peak = peak_tflops if peak_tflops is not None else peak_tflops_of(device, dtype)
             results.append(
                 ModelResult(
                     device=_device_name(device),
@@ -156,6 +177,9 @@ def benchmark_models(
                     train_batch=train_batch,
                     train_step_ms=train[att].median,
                     train_step_iqr_ms=train[att].iqr,
+                    train_slices_s=1000 * train_batch / train[att].median,
+                    train_tflops=achieved,
+                    mfu=None if not peak else achieved / peak,
                     peak_forward_mb=None if peak_fwd is None else peak_fwd / 2**20,
                     peak_train_mb=None if peak_train is None else peak_train / 2**20,
                     latency_ratio=lat_r[0],

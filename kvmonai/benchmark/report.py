@@ -53,8 +53,8 @@ def _pct(r: float) -> str:
 def _models_md(rows: Sequence[dict[str, Any]]) -> list[str]:
     lines = [
         "| device | pair | params | GMACs | latency b1 (ms) | vs QKV (min–max) | slices/s (b16) | vs QKV | "
-        "train step (ms) | vs QKV | peak fwd / train (MiB) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "train step (ms) | vs QKV | train TFLOP/s (MFU) | peak fwd / train (MiB) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         mem = "n/a" if r["peak_forward_mb"] is None else f"{r['peak_forward_mb']:.0f} / {r['peak_train_mb']:.0f}"
@@ -71,6 +71,8 @@ def _models_md(rows: Sequence[dict[str, Any]]) -> list[str]:
             + ("–" if twin else _pct(1 / r["throughput_ratio"]))
             + f" | {r['train_step_ms']:.0f} ± {r['train_step_iqr_ms'] / 2:.0f} | "
             + ("–" if twin else _pct(r["train_ratio"]))
+            + f" | {r['train_tflops']:.3f}"
+            + ("" if r["mfu"] is None else f" ({100 * r['mfu']:.0f} %)")
             + f" | {mem} |"
         )
     return lines
@@ -93,7 +95,7 @@ def _attention_md(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 def _case_md(rows: Sequence[dict[str, Any]]) -> list[str]:
     lines = [
-        "| bundle | setting | precision | channels-last | folded | case (s) | ms/slice | speed-up "
+        "| bundle | setting | precision | channels-last | fused | case (s) | ms/slice | speed-up "
         "| mask Dice vs first |",
         "|---|---|---|---|---|---:|---:|---:|---:|",
     ]
@@ -101,7 +103,7 @@ def _case_md(rows: Sequence[dict[str, Any]]) -> list[str]:
         dice = "–" if r["mask_dice_vs_fp32"] is None else f"{r['mask_dice_vs_fp32']:.4f}"
         lines.append(
             f"| {r['arch']}_{r['attention']} ({r['preset']}) | {r['setting']} | {r['precision']} | "
-            f"{'yes' if r['channels_last'] else 'no'} | {'yes' if r['fold'] else 'no'} | {r['case_s']:.1f} | "
+            f"{'yes' if r['channels_last'] else 'no'} | {'yes' if r['fuse'] else 'no'} | {r['case_s']:.1f} | "
             f"{r['per_slice_ms']:.1f} | {r['speedup']:.2f}× | {dice} |"
         )
     return lines
@@ -151,8 +153,11 @@ def _plot_attention(rows: Sequence[dict[str, Any]], path: Path) -> None:
             n = [r["tokens"] for r in sel]
             axes[0].loglog(n, [r["forward_ms"] for r in sel], style, label=f"{att} ({device.split(' (')[0]})")
             axes[1].loglog(n, [r["backward_ms"] for r in sel], style, label=f"{att} ({device.split(' (')[0]})")
+    tokens = sorted({r["tokens"] for r in rows})
     for ax, title in zip(axes, ("forward", "forward + backward"), strict=True):
         ax.set(title=f"attention block, {title}", xlabel="tokens n", ylabel="ms")
+        ax.set_xticks(tokens, [str(n) for n in tokens])
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend()
     _save(fig, path)

@@ -54,6 +54,10 @@ ARCH_INFO: dict[str, dict[str, str]] = {
     },
 }
 
+#: channels-last inference pays on oneDNN convolutions but costs SwinUNETR's window partitioning more than it saves
+#: (whole case on 2 CPU cores: 18.6 s bf16 vs 19.8-20.0 s with channels-last; docs/benchmarks.md)
+CHANNELS_LAST: dict[str, bool] = {"setr": True, "transunet": True, "cvt": True, "unetr": True, "swin_unetr": False}
+
 ATTENTION_INFO: dict[str, tuple[str, str]] = {
     "qkv": ("QKV", "standard multi-head self-attention (query, key and value projections), the baseline."),
     "kv": (
@@ -156,6 +160,7 @@ def render_bundle(arch: str, attention: str, measured_dir: str | os.PathLike | N
         "attention_title": att_title,
         "attention_description": att_desc,
         "performance": _performance(arch, attention, Path(measured_dir) if measured_dir else None),
+        "channels_last": "True" if CHANNELS_LAST[arch] else "False",
     }
     files: dict[str, str] = {}
     for path in sorted(TEMPLATE_DIR.rglob("*")):

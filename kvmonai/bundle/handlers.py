@@ -259,9 +259,11 @@ class OptimizeForInference:
     """
 
     def __init__(self, network: torch.nn.Module, fold: bool = True, channels_last: bool = True) -> None:
+        from kvmonai.inference.optimize import as_flag
+
         self.network = network
-        self.fold = fold
-        self.channels_last = channels_last
+        self.fold = as_flag("fold", fold)
+        self.channels_last = as_flag("channels_last", channels_last)
 
     def attach(self, engine: Any) -> None:
         engine.add_event_handler(Events.STARTED, self)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from monai.inferers import SliceInferer
 
-from kvmonai.inference.optimize import autocast_dtype
+from kvmonai.inference.optimize import as_flag, autocast_dtype
 
 __all__ = ["FastSliceInferer"]
 
@@ -29,7 +29,7 @@ class FastSliceInferer(SliceInferer):
         kwargs: further :class:`~monai.inferers.SliceInferer` arguments (``overlap``, ``mode``, ``progress``...).
 
     Raises:
-        ValueError: for an unknown ``precision``.
+        ValueError: for an unknown ``precision`` or a ``channels_last`` that is not a boolean.
     """
 
     def __init__(
@@ -44,7 +44,7 @@ class FastSliceInferer(SliceInferer):
         autocast_dtype(precision, "cpu" if precision != "fp16" else "cuda")  # validates early
         super().__init__(roi_size=roi_size, sw_batch_size=sw_batch_size, spatial_dim=spatial_dim, **kwargs)
         self.precision = precision
-        self.channels_last = channels_last
+        self.channels_last = as_flag("channels_last", channels_last)
 
     def __call__(
         self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any

@@ -15,6 +15,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 __all__ = [
     "PRECISIONS",
+    "as_flag",
     "autocast_dtype",
     "fold_batch_norms",
     "freeze_for_inference",
@@ -26,6 +27,24 @@ __all__ = [
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def as_flag(name: str, value: object) -> bool:
+    """A boolean setting from a bundle config or command line: ``True``/``False`` or the strings true/false/1/0.
+
+    ``python -m monai.bundle run --fold false`` passes the *string* ``"false"``, which Python would call true.
+
+    Raises:
+        ValueError: for anything else, naming the setting.
+    """
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ValueError(f"{name} must be true or false, got {value!r}.")
 
 
 def _cpu_has_fast_bf16() -> bool:
@@ -148,6 +167,7 @@ def optimize_for_inference(network: nn.Module, fold: bool = True, channels_last:
         fold: fold BatchNorms, freeze training-time reparameterisations and run block activations in place.
         channels_last: store 4D weights channels-last (oneDNN's preferred layout on CPUs).
     """
+    fold, channels_last = as_flag("fold", fold), as_flag("channels_last", channels_last)
     net = getattr(network, "module", network)
     net.eval()
     if fold:

@@ -59,9 +59,9 @@ def test_fast_path_dice_within_0005_of_fp32(name, prepared, copy_bundle, tmp_pat
     _fit(root, name.rsplit("_", 1)[0], image, label)
 
     settings = {
-        "fp32": {"precision": "fp32", "channels_last": False, "fold": False},
+        "fp32": {"precision": "fp32", "channels_last": False, "fuse": False},
         # forced bf16: a CI machine without native bf16 would fall back to fp32 under "auto"
-        "fast": {"precision": "bf16", "channels_last": True, "fold": True},
+        "fast": {"precision": "bf16", "channels_last": True, "fuse": True},
     }
     truth = np.asarray(nib.load(label).dataobj)
     dice, masks = {}, {}

@@ -73,6 +73,14 @@ def test_autocast_dtype_choices():
         FastSliceInferer(roi_size=(64, 64), precision="half")
 
 
+def test_boolean_settings_from_the_command_line():
+    from kvmonai.inference import as_flag
+
+    assert as_flag("fold", "false") is False and as_flag("fold", "True") is True and as_flag("fold", False) is False
+    with pytest.raises(ValueError, match="channels_last must be true or false"):
+        FastSliceInferer(roi_size=(64, 64), channels_last="maybe")
+
+
 def test_fast_slice_inferer_matches_slice_inferer():
     torch.manual_seed(0)
     net = create("unetr", "kv", "tiny", img_size=64).eval()
