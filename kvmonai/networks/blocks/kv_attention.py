@@ -150,9 +150,11 @@ class KVSelfAttention(nn.Module):
       (temperature 1, zero key bias); Borji's default ``nn.Linear`` initialisation would start with a random
       temperature of either sign.
 
-    All variants compute attention with :func:`torch.nn.functional.scaled_dot_product_attention` (KV+Pos passes its
-    bias as the additive mask), so fused kernels serve them on GPU. ``save_attn=True`` additionally stores the
-    attention map in ``att_mat`` (computed separately, without gradient, for visualisation).
+    All variants compute attention with :func:`torch.nn.functional.scaled_dot_product_attention`, so fused kernels
+    serve them; KV+Pos passes its per-key bias as an additive mask in eval mode and, in training, as extra head
+    channels (:func:`append_key_bias`), because a mask that needs a gradient sends SDPA to its slow math path.
+    ``save_attn=True`` additionally stores the attention map in ``att_mat`` (computed separately, without gradient,
+    for visualisation).
 
     Args:
         hidden_size: dimension of the hidden layer.
