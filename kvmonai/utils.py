@@ -1,4 +1,4 @@
-"""Helpers shared across kvmonai: atomic file output (write to a temporary file, then rename)."""
+"""Helpers shared across kvmonai: atomic file output (write to a temporary file, then rename) and figures."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_output", "write_text_atomic"]
+__all__ = ["atomic_output", "pyplot", "save_figure", "write_text_atomic"]
 
 
 @contextmanager
@@ -36,4 +37,22 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically; returns ``path``."""
     with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         f.write(text)
+    return Path(path)
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (servers and CI have no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Save a matplotlib figure atomically (tight bounding box) and close it; returns ``path``."""
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    pyplot().close(fig)
     return Path(path)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kvmonai.utils import atomic_output, write_text_atomic
+from kvmonai.utils import pyplot, save_figure, write_text_atomic
 
 __all__ = ["machine_description", "write_benchmark_report"]
 
@@ -109,23 +109,8 @@ def _case_md(rows: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path) -> None:
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    _plt().close(fig)
-
-
 def _plot_models(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     others = [r for r in rows if r["attention"] != "qkv"]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4), sharey=True)
     labels = [f"{r['arch']}_{r['attention']}\n{r['device'].split(' (')[0]}" for r in others]
@@ -141,11 +126,11 @@ def _plot_models(rows: Sequence[dict[str, Any]], path: Path) -> None:
         ax.set(title=title, xlabel="time vs QKV twin (%)")
     axes[0].invert_yaxis()
     fig.suptitle("KV (blue) and KV+Pos (orange) vs QKV, interleaved medians; negative = faster")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _plot_attention(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for device in dict.fromkeys(r["device"] for r in rows):
         for att, style in (("qkv", "o-"), ("kv", "s-"), ("kvpos", "^--")):
@@ -160,11 +145,11 @@ def _plot_attention(rows: Sequence[dict[str, Any]], path: Path) -> None:
         ax.xaxis.set_minor_formatter(plt.NullFormatter())
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _plot_case(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     bundles = list(dict.fromkeys(f"{r['arch']}_{r['attention']}" for r in rows))
     settings = list(dict.fromkeys(r["setting"] for r in rows))
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -179,7 +164,7 @@ def _plot_case(rows: Sequence[dict[str, Any]], path: Path) -> None:
     ax.set_xticks([j + width * (len(settings) - 1) / 2 for j in range(len(bundles))], bundles)
     ax.set(ylabel="seconds per case", title="whole-case inference (file to file)")
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def write_benchmark_report(

@@ -13,7 +13,7 @@ import torch
 from monai.utils import optional_import
 
 from kvmonai.bundle.checkpoint import CheckpointError, load_checkpoint, save_atomic
-from kvmonai.utils import atomic_output, write_text_atomic
+from kvmonai.utils import pyplot, save_figure, write_text_atomic
 
 Events, _ = optional_import("ignite.engine", name="Events")
 Checkpoint, _ = optional_import("ignite.handlers", name="Checkpoint")
@@ -221,11 +221,7 @@ class RunRecorder:
         write_text_atomic(self.csv_path, "\n".join(lines) + "\n")
 
     def _plot(self, rows: list[Mapping[str, Any]]) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         epochs = [int(r["epoch"]) for r in rows]
         val_keys = [k for k in rows[-1] if k.startswith("val_")]
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -241,9 +237,7 @@ class RunRecorder:
         title = " ".join(str(self.settings[k]) for k in ("arch", "attention", "preset") if k in self.settings)
         fig.suptitle(title)
         fig.tight_layout()
-        with atomic_output(self.plot_path) as tmp:
-            fig.savefig(tmp, dpi=100)
-        plt.close(fig)
+        save_figure(fig, self.plot_path, dpi=100)
 
 
 class OptimizeForInference:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from kvmonai.utils import atomic_output
+from kvmonai.utils import pyplot, save_figure
 
 __all__ = ["plot_accuracy_vs_macs", "plot_predictions", "plot_savings", "plot_training_curves"]
 
@@ -17,30 +17,14 @@ _MARKERS = {"qkv": "o", "kv": "s", "kvpos": "^"}
 _CLASS_COLOURS = np.array([[0.95, 0.35, 0.2], [0.2, 0.8, 0.3], [0.25, 0.45, 1.0]])
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path) -> Path:
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    _plt().close(fig)
-    return path
-
-
 def _colours(archs: Sequence[str]) -> dict[str, Any]:
-    cmap = _plt().get_cmap("tab10")
+    cmap = pyplot().get_cmap("tab10")
     return {a: cmap(i) for i, a in enumerate(dict.fromkeys(archs))}
 
 
 def plot_accuracy_vs_macs(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     """Jaccard (mean ± std) against GMACs, one colour per architecture, one marker per attention."""
-    plt = _plt()
+    plt = pyplot()
     colours = _colours([r["arch"] for r in rows])
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in rows:
@@ -55,12 +39,12 @@ def plot_accuracy_vs_macs(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     ax.set(xlabel="GMACs per slice", ylabel="validation Jaccard", title="accuracy vs compute")
     ax.legend(fontsize=8, ncol=2)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_savings(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     """Parameter and MAC change vs QKV per architecture, for KV and KV+Pos."""
-    plt = _plt()
+    plt = pyplot()
     variants = [r for r in rows if "params_change_pct" in r]
     archs = list(dict.fromkeys(r["arch"] for r in variants))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=False)
@@ -74,7 +58,7 @@ def plot_savings(rows: Sequence[dict[str, Any]], path: Path) -> Path:
         ax.set(title=f"{title}: change vs QKV (%)")
         ax.axhline(0, color="black", linewidth=0.8)
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _read_curve(run_dir: Path) -> tuple[list[int], list[float], list[float]]:
@@ -92,7 +76,7 @@ def _read_curve(run_dir: Path) -> tuple[list[int], list[float], list[float]]:
 
 def plot_training_curves(results: Sequence[dict[str, Any]], path: Path) -> Path:
     """Training loss and validation Jaccard per epoch, one panel per architecture (first fold and seed)."""
-    plt = _plt()
+    plt = pyplot()
     archs = list(dict.fromkeys(r["arch"] for r in results))
     fig, axes = plt.subplots(2, len(archs), figsize=(3.2 * len(archs), 5.5), squeeze=False)
     for i, arch in enumerate(archs):
@@ -110,7 +94,7 @@ def plot_training_curves(results: Sequence[dict[str, Any]], path: Path) -> Path:
         axes[1, i].set(xlabel="epoch", ylabel="val. Jaccard" if i == 0 else None, ylim=(0, 1))
         axes[0, i].legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _overlay(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -128,7 +112,7 @@ def plot_predictions(results: Sequence[dict[str, Any]], path: Path, attentions: 
 
     Reads the examples saved by the evaluation (``eval/examples.npz``) and the images from the datalist.
     """
-    plt = _plt()
+    plt = pyplot()
     chosen: dict[str, dict[str, dict[str, Any]]] = {}
     for r in results:
         example = Path(r["run_dir"]) / "eval" / "examples.npz"
@@ -139,7 +123,7 @@ def plot_predictions(results: Sequence[dict[str, Any]], path: Path, attentions: 
         fig, ax = plt.subplots(figsize=(4, 1))
         ax.axis("off")
         ax.text(0.5, 0.5, "no saved examples", ha="center")
-        return _save(fig, path)
+        return save_figure(fig, path)
     fig, axes = plt.subplots(len(archs), 1 + len(attentions), figsize=(3 * (1 + len(attentions)), 3 * len(archs)),
                              squeeze=False)  # fmt: skip
     for i, arch in enumerate(archs):
@@ -158,4 +142,4 @@ def plot_predictions(results: Sequence[dict[str, Any]], path: Path, attentions: 
             ax.axis("off")
     fig.suptitle("red: large bowel, green: small bowel, blue: stomach", fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
