@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_output", "pyplot", "save_figure", "write_text_atomic"]
+__all__ = ["atomic_output", "lazy_exports", "pyplot", "save_figure", "write_text_atomic"]
 
 
 @contextmanager
@@ -56,3 +56,32 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> Path:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     pyplot().close(fig)
     return Path(path)
+
+
+def lazy_exports(
+    package: str, submodules: Mapping[str, str], names: Sequence[str]
+) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """Module ``__getattr__`` and ``__dir__`` (PEP 562) that import a public name from its submodule on first use.
+
+    A package keeps ``import kvmonai.<package>`` cheap this way (no torch/MONAI import until a name is used).
+
+    Args:
+        package: the package's ``__name__``.
+        submodules: public name -> submodule (relative to ``package``) that defines it.
+        names: the package's ``__all__``.
+    """
+    import importlib
+    import sys
+
+    def module_getattr(name: str) -> Any:
+        module = submodules.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f"{package}.{module}"), name)
+        setattr(sys.modules[package], name, value)  # cached: later lookups skip __getattr__
+        return value
+
+    def module_dir() -> list[str]:
+        return sorted(set(vars(sys.modules[package])) | set(names))
+
+    return module_getattr, module_dir

@@ -12,8 +12,9 @@ or ``kvmonai prepare --help``) does not load torch and MONAI.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from kvmonai.utils import lazy_exports
 
 if TYPE_CHECKING:
     from kvmonai.data.datalist import assign_folds, expand_slices, load_datalist, split_fold
@@ -194,15 +195,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name from its submodule on first access (PEP 562)."""
-    module = _SUBMODULE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _SUBMODULE, __all__)
