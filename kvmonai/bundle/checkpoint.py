@@ -37,12 +37,14 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True`` (no arbitrary code runs), turning torch errors into clear ones.
 
     Args:
         path: the ``.pt`` file.
         map_location: device mapping for ``torch.load``.
+        mmap: map the file instead of reading it (tensors are paged in when used; no second copy of the weights in
+            memory); files in torch's legacy format are read normally.
 
     Returns:
         the loaded dictionary.
@@ -57,7 +59,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (an interrupted copy?): delete it and copy it again.")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        try:
+            obj = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        except RuntimeError as e:
+            if not (mmap and "mmap" in str(e)):
+                raise
+            obj = torch.load(path, map_location=map_location, weights_only=True)  # legacy format: no mmap
     except Exception as e:  # torch raises many types for damaged files (RuntimeError, KeyError, EOFError...)
         if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
             raise CheckpointError(
@@ -87,7 +94,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike, key: str | None = No
         CheckpointError: if the file cannot be loaded or its keys/shapes do not match ``model`` (e.g. weights of
             another architecture or attention variant).
     """
-    ckpt = load_checkpoint(path, map_location)
+    ckpt = load_checkpoint(path, map_location, mmap=True)  # copied into the parameters, then released
     if key is None and "model" in ckpt and isinstance(ckpt["model"], Mapping):
         key = "model"
     state = ckpt[key] if key is not None else ckpt

@@ -59,3 +59,13 @@ def test_weights_of_another_model(tmp_path):
         load_weights(torch.nn.Linear(4, 2), tmp_path / "w.pt")
     with pytest.raises(CheckpointError, match="missing: 0.bias, 0.weight"):
         load_weights(torch.nn.Sequential(torch.nn.Linear(3, 2)), tmp_path / "w.pt")
+
+
+def test_load_weights_maps_new_files_and_reads_legacy_ones(tmp_path):
+    """Weights load through mmap; a file in torch's legacy (non-zip) format still loads."""
+    net = torch.nn.Linear(4, 2)
+    for name, zipfile in (("new.pt", True), ("legacy.pt", False)):
+        torch.save(net.state_dict(), tmp_path / name, _use_new_zipfile_serialization=zipfile)
+        other = torch.nn.Linear(4, 2)
+        load_weights(other, tmp_path / name)
+        torch.testing.assert_close(other.weight, net.weight)
