@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -187,9 +188,21 @@ def test_mlflow_server(prepared, tiny, copy_bundle, tmp_path):
 def test_torchrun_two_processes(prepared, tiny, copy_bundle, tmp_path):
     """multi_gpu_train.json under torchrun with 2 CPU processes (gloo)."""
     root = copy_bundle(NAME, tmp_path)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port())]
-    cmd += bundle_cmd(root, ["train.json", "multi_gpu_train.json"], {**tiny, "datalist": prepared, "max_epochs": 2})[1:]
-    result = subprocess.run(cmd, cwd=root, env=_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+    overrides = {**tiny, "datalist": prepared, "max_epochs": 2}
+
+    def launch() -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port())]
+        cmd += bundle_cmd(root, ["train.json", "multi_gpu_train.json"], overrides)[1:]
+        return subprocess.run(cmd, cwd=root, env=_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+
+    result = launch()
+    if result.returncode != 0 and "terminate called without an active exception" in result.stderr:
+        # seen once in ~10 CI runs: a rank aborted inside torch/gloo (SIGABRT, no Python error) in the middle of an
+        # epoch; not reproduced in 5 local repeats. One fresh retry; a Python-level failure is never retried.
+        shutil.rmtree(root / "runs", ignore_errors=True)
+        first = result.stderr[-1500:]
+        result = launch()
+        assert result.returncode == 0, f"failed twice; first:\n{first}\nsecond:\n{result.stderr[-1500:]}"
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = root / "runs" / f"{NAME}_fold0_seed0"
     assert _epochs(run_dir / "metrics.csv") == [1, 2]  # written by rank 0 only
