@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from kvmonai.benchmark.timing import ratio, time_interleaved
+from kvmonai.benchmark.timing import autocast, device_name, forward_call, ratio, time_interleaved
 
 __all__ = ["DEFAULT_TOKENS", "AttentionResult", "benchmark_attention"]
 
@@ -39,19 +39,12 @@ class AttentionResult:
         return asdict(self)
 
 
-def _fwd(block: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
-    def run() -> object:
-        with torch.inference_mode():
-            return block(x)
-
-    return run
-
-
-def _fwd_bwd(block: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
+def _fwd_bwd(block: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None) -> Callable[[], object]:
     def run() -> object:
         block.zero_grad(set_to_none=True)
-        y = block(x.requires_grad_())
-        y.sum().backward()
+        with autocast(x.device, dtype):
+            y = block(x.requires_grad_())
+        y.float().sum().backward()
         return y
 
     return run
@@ -66,6 +59,7 @@ def benchmark_attention(
     repeats: int = 5,
     warmup: int = 1,
     progress: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> list[AttentionResult]:
     """Time :class:`~kvmonai.networks.blocks.KVSelfAttention` in its three variants at each token count.
 
@@ -81,6 +75,7 @@ def benchmark_attention(
         repeats: timed rounds (the three variants interleaved in each).
         warmup: untimed rounds first.
         progress: show a tqdm progress bar.
+        dtype: autocast dtype (``None``: fp32).
 
     Returns:
         one :class:`AttentionResult` per (n, variant).
@@ -90,7 +85,6 @@ def benchmark_attention(
     """
     from tqdm.auto import tqdm
 
-    from kvmonai.benchmark.models import _device_name
     from kvmonai.complexity import count_parameters
     from kvmonai.networks.blocks import KVSelfAttention
 
@@ -106,14 +100,14 @@ def benchmark_attention(
         x = torch.randn(batch, n, hidden_size, device=device)
         for block in blocks.values():  # forward as at inference, forward + backward as in training
             block.eval()
-        fwd = time_interleaved({a: _fwd(b, x) for a, b in blocks.items()}, repeats, warmup, device)
+        fwd = time_interleaved({a: forward_call(b, x, dtype) for a, b in blocks.items()}, repeats, warmup, device)
         for block in blocks.values():
             block.train()
-        bwd = time_interleaved({a: _fwd_bwd(b, x.clone()) for a, b in blocks.items()}, repeats, warmup, device)
+        bwd = time_interleaved({a: _fwd_bwd(b, x.clone(), dtype) for a, b in blocks.items()}, repeats, warmup, device)
         for att, block in blocks.items():
             results.append(
                 AttentionResult(
-                    device=_device_name(device),
+                    device=device_name(device),
                     tokens=n,
                     attention=att,
                     hidden_size=hidden_size,

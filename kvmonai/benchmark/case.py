@@ -71,10 +71,9 @@ def synthetic_case(folder: str | os.PathLike, slices: int = 144, seed: int = 0) 
 def _mask_dice(a: Path, b: Path) -> float:
     import nibabel as nib
 
-    x = np.asarray(nib.load(str(a)).dataobj) > 0
-    y = np.asarray(nib.load(str(b)).dataobj) > 0
-    total = x.sum() + y.sum()
-    return 1.0 if total == 0 else float(2 * (x & y).sum() / total)
+    from kvmonai.metrics import pooled_dice
+
+    return pooled_dice(np.asarray(nib.load(str(a)).dataobj), np.asarray(nib.load(str(b)).dataobj))
 
 
 def _run_bundle(

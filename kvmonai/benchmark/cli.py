@@ -93,14 +93,13 @@ def run(args: argparse.Namespace) -> int:
                 )
             ]  # fmt: skip
         if "attention" in args.suites:
-            with torch.autocast(torch.device(device).type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                attention += [
-                    r.as_row()
-                    for r in benchmark_attention(
-                        args.tokens or DEFAULT_TOKENS, args.hidden, args.heads, 1, device, args.repeats, args.warmup,
-                        progress,
-                    )
-                ]  # fmt: skip
+            attention += [
+                r.as_row()
+                for r in benchmark_attention(
+                    args.tokens or DEFAULT_TOKENS, args.hidden, args.heads, 1, device, args.repeats, args.warmup,
+                    progress, dtype,
+                )
+            ]  # fmt: skip
     if "case" in args.suites:
         bundles = args.bundles or Path(__file__).resolve().parents[2] / "bundles"
         case = [

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from kvmonai.benchmark.timing import peak_memory, ratio, time_interleaved
+from kvmonai.benchmark.timing import autocast, device_name, forward_call, peak_memory, ratio, time_interleaved
 
 __all__ = ["PEAK_BF16_TFLOPS", "ModelResult", "benchmark_models", "peak_tflops_of"]
 
@@ -57,14 +57,6 @@ class ModelResult:
         return asdict(self)
 
 
-def _forward(net: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None) -> Callable[[], object]:
-    def run() -> object:
-        with torch.inference_mode(), torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=bool(dtype)):
-            return net(x)
-
-    return run
-
-
 def _train_step(net: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None) -> Callable[[], object]:
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
     target = torch.rand(x.shape[0], 3, *x.shape[2:], device=x.device).round()
@@ -72,7 +64,7 @@ def _train_step(net: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None
 
     def run() -> object:
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=bool(dtype)):
+        with autocast(x.device, dtype):
             loss = loss_fn(net(x).float(), target)
         loss.backward()
         opt.step()
@@ -144,8 +136,8 @@ def benchmark_models(
         xt = torch.randn(train_batch, in_channels, size, size, device=device)
         for net in nets.values():
             net.eval()
-        latency = time_interleaved({a: _forward(n, x1, dtype) for a, n in nets.items()}, repeats, warmup, device)
-        through = time_interleaved({a: _forward(n, xb, dtype) for a, n in nets.items()}, repeats, warmup, device)
+        latency = time_interleaved({a: forward_call(n, x1, dtype) for a, n in nets.items()}, repeats, warmup, device)
+        through = time_interleaved({a: forward_call(n, xb, dtype) for a, n in nets.items()}, repeats, warmup, device)
         for net in nets.values():
             net.train()
         steps = {a: _train_step(n, xt, dtype) for a, n in nets.items()}
@@ -154,7 +146,7 @@ def benchmark_models(
             peak_fwd = peak_train = None
             if memory:
                 net.eval()
-                peak_fwd = peak_memory(_forward(net, xb, dtype), device)
+                peak_fwd = peak_memory(forward_call(net, xb, dtype), device)
                 net.train()
                 peak_train = peak_memory(steps[att], device)
             lat_r = ratio(latency[att], latency[variants[0]])
@@ -163,7 +155,7 @@ def benchmark_models(
             peak = peak_tflops if peak_tflops is not None else peak_tflops_of(device, dtype)
             results.append(
                 ModelResult(
-                    device=_device_name(device),
+                    device=device_name(device),
                     arch=arch,
                     attention=att,
                     preset=preset,
@@ -193,10 +185,3 @@ def benchmark_models(
         del nets
     bar.close()
     return results
-
-
-def _device_name(device: str) -> str:
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    return f"cpu ({torch.get_num_threads()} threads)"

@@ -9,7 +9,16 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Timing", "peak_memory", "ratio", "synchronize", "time_interleaved"]
+__all__ = [
+    "Timing",
+    "autocast",
+    "device_name",
+    "forward_call",
+    "peak_memory",
+    "ratio",
+    "synchronize",
+    "time_interleaved",
+]
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,29 @@ class Timing:
 
     def __str__(self) -> str:
         return f"{self.median:.1f} ± {self.iqr / 2:.1f} ms"
+
+
+def device_name(device: torch.device | str) -> str:
+    """The GPU's name, or ``cpu (N threads)``: what a timing was measured on."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def autocast(device: torch.device | str, dtype: torch.dtype | None) -> torch.autocast:
+    """``torch.autocast`` in ``dtype`` on the device's type; disabled (plain fp32) when ``dtype`` is ``None``."""
+    return torch.autocast(torch.device(device).type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def forward_call(net: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None = None) -> Callable[[], object]:
+    """A zero-argument callable running ``net(x)`` in inference mode under :func:`autocast`."""
+
+    def run() -> object:
+        with torch.inference_mode(), autocast(x.device, dtype):
+            return net(x)
+
+    return run
 
 
 def synchronize(device: torch.device | str) -> None:

@@ -81,16 +81,11 @@ def measure_latency(
     net: torch.nn.Module, shape: Sequence[int], device: str, repeats: int = 10, warmup: int = 2
 ) -> tuple[float, float]:
     """Median and inter-quartile range of the forward time (ms) of ``net`` on a random input of ``shape``."""
-    from kvmonai.benchmark.timing import time_interleaved
+    from kvmonai.benchmark.timing import forward_call, time_interleaved
 
     x = torch.randn(*shape, device=device)
     net = net.to(device).eval()
-
-    def forward() -> None:
-        with torch.inference_mode():
-            net(x)
-
-    timing = time_interleaved({"net": forward}, repeats=repeats, warmup=warmup, device=device)["net"]
+    timing = time_interleaved({"net": forward_call(net, x)}, repeats=repeats, warmup=warmup, device=device)["net"]
     return timing.median, timing.iqr
 
 
