@@ -12,6 +12,7 @@ from kvmonai.metrics.segmentation import (
     hausdorff_normalized,
     jaccard_from_counts,
     jaccard_index,
+    pooled_dice,
     score_from_parts,
     slice_dice,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "hausdorff_normalized",
     "jaccard_from_counts",
     "jaccard_index",
+    "pooled_dice",
     "score_from_parts",
     "slice_dice",
 ]

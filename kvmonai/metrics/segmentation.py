@@ -45,6 +45,7 @@ __all__ = [
     "hausdorff_normalized",
     "jaccard_from_counts",
     "jaccard_index",
+    "pooled_dice",
     "score_from_parts",
     "slice_dice",
 ]
@@ -148,6 +149,23 @@ def jaccard_index(y_pred: Any, y: Any, reduction: str = "mean", zero_division: f
         a scalar tensor, or ``(C,)`` for ``"none"``.
     """
     return jaccard_from_counts(confusion_counts(y_pred, y), reduction, zero_division)
+
+
+def pooled_dice(y_pred: Any, y: Any) -> float:
+    """One Dice over all voxels and channels of two binary masks of any shape (1.0 when both are empty).
+
+    For agreement between whole predictions (e.g. fp32 vs a faster inference path), not the paper's metric.
+
+    Args:
+        y_pred: binary prediction.
+        y: binary truth (or the other prediction), same shape.
+
+    Raises:
+        ValueError: when the shapes differ.
+    """
+    p, g = _pair(y_pred, y, min_dim=1)
+    total = int(p.sum()) + int(g.sum())
+    return 1.0 if total == 0 else 2 * int((p & g).sum()) / total
 
 
 def slice_dice(y_pred: Any, y: Any) -> torch.Tensor:

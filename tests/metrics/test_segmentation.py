@@ -201,3 +201,17 @@ def test_score_from_parts_matches_competition_score():
     parts = CompetitionScoreMetric()(p, g)
     for empty in ("skip", "perfect"):
         assert score_from_parts(parts, empty) == competition_score(p, g, empty=empty)
+
+
+def test_pooled_dice_counts_all_voxels_together():
+    from kvmonai.metrics import pooled_dice
+
+    a = np.zeros((4, 4, 3), dtype=np.uint8)
+    b = np.zeros_like(a)
+    assert pooled_dice(a, b) == 1.0  # both empty
+    a[0, :2, 0] = 1  # 2 voxels in channel 0
+    b[0, :2, 0] = 1
+    b[1, :2, 2] = 1  # 2 more, in another channel
+    assert pooled_dice(a, b) == 2 * 2 / (2 + 4)
+    with pytest.raises(ValueError, match="same shape"):
+        pooled_dice(a, b[..., :2])
