@@ -78,14 +78,17 @@ def test_interrupt_and_resume(prepared, tiny, copy_bundle, tmp_path):
     assert 1 <= done < 4
     assert _epochs(run_dir / "metrics.csv")[-1] >= done
 
-    result = subprocess.run(
-        bundle_cmd(root, ["train.json"], {**overrides, "resume": True}),
-        cwd=root,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    def resume() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            bundle_cmd(root, ["train.json"], {**overrides, "resume": True}),
+            cwd=root,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    result = resume()
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from" in result.stdout + result.stderr
     assert f"after epoch {done}" in result.stdout + result.stderr
@@ -101,14 +104,7 @@ def test_interrupt_and_resume(prepared, tiny, copy_bundle, tmp_path):
     assert all(steps.count(s) == 1 for s in steps if s != done + 1), steps
 
     # resuming a finished run fails with a message that says what to do
-    again = subprocess.run(
-        bundle_cmd(root, ["train.json"], {**overrides, "resume": True}),
-        cwd=root,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    again = resume()
     assert again.returncode != 0 and "raise the number of epochs" in again.stderr
 
 
