@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_output", "lazy_exports", "pyplot", "save_figure", "write_text_atomic"]
+__all__ = ["as_flag", "atomic_output", "lazy_exports", "pyplot", "save_figure", "write_text_atomic"]
 
 
 @contextmanager
@@ -85,3 +85,21 @@ def lazy_exports(
         return sorted(set(vars(sys.modules[package])) | set(names))
 
     return module_getattr, module_dir
+
+
+def as_flag(name: str, value: object) -> bool:
+    """A boolean setting from a bundle config or command line: ``True``/``False`` or the strings true/false/1/0.
+
+    ``python -m monai.bundle run --mlflow false`` passes the *string* ``"false"``, which Python would call true.
+
+    Raises:
+        ValueError: for anything else, naming the setting.
+    """
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ValueError(f"{name} must be true or false, got {value!r}.")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kvmonai.utils import write_text_atomic
+from kvmonai.utils import as_flag, write_text_atomic
 
 __all__ = ["SETTINGS", "CaseResult", "benchmark_case", "synthetic_case"]
 
@@ -145,7 +145,7 @@ def benchmark_case(
     from tqdm.auto import tqdm
 
     from kvmonai.bundle.checkpoint import save_atomic
-    from kvmonai.inference import as_flag, autocast_dtype
+    from kvmonai.inference import autocast_dtype
     from kvmonai.networks import PRESET_IMG_SIZE, create
 
     unknown = [s for s in settings if s not in SETTINGS]

@@ -13,7 +13,7 @@ import torch
 from monai.utils import optional_import
 
 from kvmonai.bundle.checkpoint import CheckpointError, load_checkpoint, save_atomic
-from kvmonai.utils import pyplot, save_figure, write_text_atomic
+from kvmonai.utils import as_flag, pyplot, save_figure, write_text_atomic
 
 Events, _ = optional_import("ignite.engine", name="Events")
 Checkpoint, _ = optional_import("ignite.handlers", name="Checkpoint")
@@ -253,8 +253,6 @@ class OptimizeForInference:
     """
 
     def __init__(self, network: torch.nn.Module, fold: bool = True, channels_last: bool = True) -> None:
-        from kvmonai.inference.optimize import as_flag
-
         self.network = network
         self.fold = as_flag("fold", fold)
         self.channels_last = as_flag("channels_last", channels_last)

@@ -3,7 +3,6 @@
 from kvmonai.inference.inferer import FastSliceInferer
 from kvmonai.inference.optimize import (
     PRECISIONS,
-    as_flag,
     autocast_dtype,
     fold_batch_norms,
     freeze_for_inference,
@@ -14,7 +13,6 @@ from kvmonai.inference.optimize import (
 __all__ = [
     "PRECISIONS",
     "FastSliceInferer",
-    "as_flag",
     "autocast_dtype",
     "fold_batch_norms",
     "freeze_for_inference",

@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from monai.inferers import SliceInferer
 
-from kvmonai.inference.optimize import as_flag, autocast_dtype
+from kvmonai.inference.optimize import autocast_dtype
+from kvmonai.utils import as_flag
 
 __all__ = ["FastSliceInferer"]
 

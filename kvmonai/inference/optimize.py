@@ -13,9 +13,10 @@ from monai.networks.blocks import Convolution
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from kvmonai.utils import as_flag
+
 __all__ = [
     "PRECISIONS",
-    "as_flag",
     "autocast_dtype",
     "fold_batch_norms",
     "freeze_for_inference",
@@ -27,24 +28,6 @@ __all__ = [
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-
-
-def as_flag(name: str, value: object) -> bool:
-    """A boolean setting from a bundle config or command line: ``True``/``False`` or the strings true/false/1/0.
-
-    ``python -m monai.bundle run --fold false`` passes the *string* ``"false"``, which Python would call true.
-
-    Raises:
-        ValueError: for anything else, naming the setting.
-    """
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes"):
-        return True
-    if text in ("false", "0", "no"):
-        return False
-    raise ValueError(f"{name} must be true or false, got {value!r}.")
 
 
 def _cpu_has_fast_bf16() -> bool:

@@ -108,6 +108,19 @@ def test_interrupt_and_resume(prepared, tiny, copy_bundle, tmp_path):
     assert again.returncode != 0 and "raise the number of epochs" in again.stderr
 
 
+def test_false_on_the_command_line_switches_off(prepared, tiny, copy_bundle, tmp_path):
+    """``--mlflow false`` arrives as the string "false" (fire keeps unknown words as strings): it must mean off."""
+    root = copy_bundle(NAME, tmp_path)
+    overrides = {**tiny, "datalist": prepared, "mlflow": "false", "resume": "false"}
+    result = subprocess.run(
+        bundle_cmd(root, ["train.json"], overrides), cwd=root, env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = root / "runs" / f"{NAME}_fold0_seed0"
+    assert (run_dir / "checkpoint_last.pt").is_file() and not (run_dir / "mlruns.db").exists()
+    assert "resumed from" not in result.stdout + result.stderr
+
+
 def test_foreign_weights_give_a_clear_error(prepared, tiny, copy_bundle, tmp_path):
     root = copy_bundle(NAME, tmp_path)
     (root / "models").mkdir()

@@ -74,7 +74,7 @@ def test_autocast_dtype_choices():
 
 
 def test_boolean_settings_from_the_command_line():
-    from kvmonai.inference import as_flag
+    from kvmonai.utils import as_flag
 
     assert as_flag("fold", "false") is False and as_flag("fold", "True") is True and as_flag("fold", False) is False
     with pytest.raises(ValueError, match="channels_last must be true or false"):
