@@ -15,7 +15,7 @@ from pathlib import Path
 
 from kvmonai.utils import write_text_atomic
 
-__all__ = ["TEMPLATE_DIR", "bundle_name", "check_bundles", "render_bundle", "write_bundles"]
+__all__ = ["TEMPLATE_DIR", "bundle_name", "check_bundles", "recipe_values", "render_bundle", "write_bundles"]
 
 TEMPLATE_DIR = Path(__file__).parent / "template"
 _PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
@@ -52,11 +52,24 @@ ARCH_INFO: dict[str, dict[str, str]] = {
         "reference": "Hatamizadeh A et al. Swin UNETR: Swin Transformers for Semantic Segmentation of Brain Tumors "
         "in MRI Images. BrainLes 2021. arXiv:2201.01266",
     },
+    "unet": {
+        "title": "U-Net (MONAI BasicUNet, 2D): the convolutional reference of the study",
+        "short": "a convolutional network without attention (the study's reference row)",
+        "reference": "Ronneberger O et al. U-Net: Convolutional Networks for Biomedical Image Segmentation. "
+        "MICCAI 2015. arXiv:1505.04597",
+    },
 }
 
 #: channels-last inference pays on oneDNN convolutions but costs SwinUNETR's window partitioning more than it saves
 #: (whole case on 2 CPU cores: 18.6 s bf16 vs 19.8-20.0 s with channels-last; docs/benchmarks.md)
-CHANNELS_LAST: dict[str, bool] = {"setr": True, "transunet": True, "cvt": True, "unetr": True, "swin_unetr": False}
+CHANNELS_LAST: dict[str, bool] = {
+    "setr": True,
+    "transunet": True,
+    "cvt": True,
+    "unetr": True,
+    "swin_unetr": False,
+    "unet": True,
+}
 
 ATTENTION_INFO: dict[str, tuple[str, str]] = {
     "qkv": ("QKV", "standard multi-head self-attention (query, key and value projections), the baseline."),
@@ -69,6 +82,11 @@ ATTENTION_INFO: dict[str, tuple[str, str]] = {
         "KV+Pos",
         "Borji's key-value attention plus his 2D positional correction (a learned temperature and a per-key bias "
         "from 50 sinusoidal channels over the (query index, key index) grid, 51 parameters per layer).",
+    ),
+    "cnn": (
+        "no attention",
+        "no attention at all: a convolutional reference trained with the same recipe and data, so the study shows "
+        "what the transformers cost and buy.",
     ),
 }
 
@@ -133,6 +151,43 @@ def _performance(arch: str, attention: str, measured_dir: Path | None) -> str:
     return "\n\n".join(parts)
 
 
+def recipe_values(train_config: str | os.PathLike = TEMPLATE_DIR / "configs" / "train.json") -> dict[str, str]:
+    """The recipe numbers the bundle README quotes, read from ``train.json`` so the prose cannot drift from it.
+
+    Raises:
+        KeyError: when ``train.json`` lacks one of the settings (the message names it).
+    """
+    import json
+    import math
+
+    config = json.loads(Path(train_config).read_text())
+
+    def find(*path: str) -> object:
+        node: object = config
+        for key in path:
+            if isinstance(node, list):
+                node = next((t for t in node if isinstance(t, dict) and t.get("_target_") == key), None)
+            elif isinstance(node, dict):
+                node = node.get(key)
+            if node is None:
+                raise KeyError(f"{train_config}: no {'#'.join(path)} (the bundle README quotes it).")
+        return node
+
+    affine = "RandAffined"
+    plain = ("preset", "img_size", "fold", "seed", "max_epochs", "val_interval", "volumes_per_batch")
+    plain += ("slices_per_volume", "learning_rate", "weight_decay", "output_prior")
+    return {
+        **{k: str(find(k)) for k in plain},
+        "amp": str(find("amp")).lower(),
+        "positive_pct": f"{100 * float(find('positive_fraction')):g}",
+        "warmup_pct": f"{100 * float(find('lr_scheduler', 'pct_start')):g}",
+        "affine_prob": f"{float(find('train', 'random_transforms', affine, 'prob')):g}",
+        "rotate_deg": f"{math.degrees(float(find('train', 'random_transforms', affine, 'rotate_range'))):.0f}",
+        "scale_pct": f"{100 * float(find('train', 'random_transforms', affine, 'scale_range')):g}",
+        "translate_px": str(find("train", "random_transforms", affine, "translate_range")),
+    }
+
+
 def render_bundle(arch: str, attention: str, measured_dir: str | os.PathLike | None = None) -> dict[str, str]:
     """The files of one bundle: ``relative path -> text``.
 
@@ -161,6 +216,7 @@ def render_bundle(arch: str, attention: str, measured_dir: str | os.PathLike | N
         "attention_description": att_desc,
         "performance": _performance(arch, attention, Path(measured_dir) if measured_dir else None),
         "channels_last": "True" if CHANNELS_LAST[arch] else "False",
+        **recipe_values(),
     }
     files: dict[str, str] = {}
     for path in sorted(TEMPLATE_DIR.rglob("*")):
@@ -183,7 +239,7 @@ def write_bundles(
     from kvmonai.networks import pairs as all_pairs
 
     out = []
-    for arch, attention in pairs or all_pairs():
+    for arch, attention in pairs or all_pairs(references=True):
         folder = Path(root) / bundle_name(arch, attention)
         files = render_bundle(arch, attention, measured_dir)
         for rel, text in files.items():
@@ -203,11 +259,11 @@ def check_bundles(root: str | os.PathLike, measured_dir: str | os.PathLike | Non
     from kvmonai.networks import pairs as all_pairs
 
     problems = []
-    expected_names = {bundle_name(a, t) for a, t in all_pairs()}
+    expected_names = {bundle_name(a, t) for a, t in all_pairs(references=True)}
     present = {p.name for p in Path(root).iterdir() if p.is_dir()} if Path(root).is_dir() else set()
     problems += [f"{name}: bundle folder missing" for name in sorted(expected_names - present)]
     problems += [f"{name}: not a generated bundle" for name in sorted(present - expected_names)]
-    for arch, attention in all_pairs():
+    for arch, attention in all_pairs(references=True):
         folder = Path(root) / bundle_name(arch, attention)
         if not folder.is_dir():
             continue

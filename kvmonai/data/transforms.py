@@ -156,7 +156,8 @@ class ExtractSlice(Transform):
 
     ``(C, H, W, D) -> (C * K, H, W)``; channel ``c * K + k`` is input channel ``c`` at slice
     ``clamp(index + offsets[k])``. With ``offsets=(0,)`` (labels) the output is ``(C, H, W)``. A ``MetaTensor``
-    keeps its metadata; its affine becomes the 2D affine of the slice (as MONAI's ``SqueezeDim`` does).
+    keeps its metadata; its affine becomes the 2D affine of the slice (as MONAI's ``SqueezeDim`` does). A plain
+    ``torch.Tensor`` stays plain (training slices need no metadata, and its bookkeeping costs more than the slicing).
 
     Args:
         offsets: slice offsets (default ``(0,)``; use ``(-2, 0, 2)`` for 2.5D images).
@@ -180,7 +181,7 @@ class ExtractSlice(Transform):
         Raises:
             ValueError: when ``img`` is not 4D or ``index`` is outside it.
         """
-        t = _as_tensor(img)
+        t = img if isinstance(img, torch.Tensor) else _as_tensor(img)
         if t.ndim != 4:
             raise ValueError(f"expected a channel-first volume (C, H, W, D), got shape {tuple(t.shape)}.")
         index = int(index)

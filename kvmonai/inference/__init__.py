@@ -1,6 +1,6 @@
 """Fast inference: mixed precision, channels-last and exact network rewrites (``kvmonai benchmark`` measures them)."""
 
-from kvmonai.inference.inferer import FastSliceInferer
+from kvmonai.inference.inferer import AutocastInferer, FastSliceInferer, autocast_call
 from kvmonai.inference.optimize import (
     PRECISIONS,
     autocast_dtype,
@@ -12,7 +12,9 @@ from kvmonai.inference.optimize import (
 
 __all__ = [
     "PRECISIONS",
+    "AutocastInferer",
     "FastSliceInferer",
+    "autocast_call",
     "autocast_dtype",
     "fold_batch_norms",
     "freeze_for_inference",

@@ -5,10 +5,22 @@ from kvmonai.networks.factory import (
     ARCHITECTURES,
     PRESET_IMG_SIZE,
     PRESETS,
+    REFERENCES,
     attentions_for,
     create,
+    init_output_bias,
     network_class,
     pairs,
 )
 
-__all__ = ["ARCHITECTURES", "PRESETS", "PRESET_IMG_SIZE", "attentions_for", "create", "network_class", "pairs"]
+__all__ = [
+    "ARCHITECTURES",
+    "PRESETS",
+    "PRESET_IMG_SIZE",
+    "REFERENCES",
+    "attentions_for",
+    "create",
+    "init_output_bias",
+    "network_class",
+    "pairs",
+]

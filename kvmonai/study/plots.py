@@ -13,7 +13,8 @@ from kvmonai.utils import pyplot, save_figure
 
 __all__ = ["plot_accuracy_vs_macs", "plot_predictions", "plot_savings", "plot_training_curves"]
 
-_MARKERS = {"qkv": "o", "kv": "s", "kvpos": "^"}
+_MARKERS = {"qkv": "o", "kv": "s", "kvpos": "^", "cnn": "D"}
+_MARKERS_PAIRS = ("qkv", "kv", "kvpos")
 _CLASS_COLOURS = np.array([[0.95, 0.35, 0.2], [0.2, 0.8, 0.3], [0.25, 0.45, 1.0]])
 
 
@@ -116,8 +117,10 @@ def plot_predictions(results: Sequence[dict[str, Any]], path: Path, attentions: 
     chosen: dict[str, dict[str, dict[str, Any]]] = {}
     for r in results:
         example = Path(r["run_dir"]) / "eval" / "examples.npz"
-        if r["attention"] in attentions and example.is_file():
-            chosen.setdefault(r["arch"], {}).setdefault(r["attention"], r)
+        if example.is_file() and (r["attention"] in attentions or r["attention"] not in _MARKERS_PAIRS):
+            # a reference network (no attention) is shown in the first prediction column
+            column = r["attention"] if r["attention"] in attentions else attentions[0]
+            chosen.setdefault(r["arch"], {}).setdefault(column, r)
     archs = list(chosen)
     if not archs:
         fig, ax = plt.subplots(figsize=(4, 1))
@@ -137,7 +140,8 @@ def plot_predictions(results: Sequence[dict[str, Any]], path: Path, attentions: 
                 pred = np.load(Path(chosen[arch][att]["run_dir"]) / "eval" / "examples.npz")["pred"]
                 jac = chosen[arch][att]["jaccard"]
                 axes[i, j].imshow(_overlay(image, pred))
-                axes[i, j].set_title(f"{att} (Jaccard {jac:.2f})", fontsize=9)
+                shown = chosen[arch][att]["attention"]
+                axes[i, j].set_title(f"{shown} (Jaccard {jac:.2f})", fontsize=9)
         for ax in axes[i]:
             ax.axis("off")
     fig.suptitle("red: large bowel, green: small bowel, blue: stomach", fontsize=9)

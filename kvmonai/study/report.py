@@ -49,14 +49,22 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, fl
 
 
 def summarise(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (arch, attention): mean and std of each metric, changes vs QKV and paired differences."""
+    """One row per (arch, attention): mean and std of each metric, changes vs QKV and paired differences.
+
+    Reference networks (the CNN, ``kvmonai.networks.REFERENCES``) come last, marked ``reference: True``.
+    """
+    from kvmonai.networks import REFERENCES
+
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in results:
         groups.setdefault((r["arch"], r["attention"]), []).append(r)
     rows = []
     for (arch, attention), runs in groups.items():
-        row: dict[str, Any] = {"arch": arch, "attention": attention, "runs": len(runs)}
+        row: dict[str, Any] = {"arch": arch, "attention": attention, "runs": len(runs), "reference": arch in REFERENCES}
         row["params"], row["macs"] = runs[0]["params"], runs[0]["macs"]
+        for key in ("latency_ratio", "latency_ratio_lo", "latency_ratio_hi"):
+            if runs[0].get(key) is not None:
+                row[key] = runs[0][key]
         for key in METRICS:
             row[key], row[f"{key}_std"] = _mean_std([r.get(key) for r in runs])
         twin = groups.get((arch, "qkv"))
@@ -69,7 +77,7 @@ def summarise(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 mean, lo, hi = paired_difference([p[0][key] for p in paired], [p[1][key] for p in paired])
                 row[f"{key}_diff"], row[f"{key}_diff_lo"], row[f"{key}_diff_hi"] = mean, lo, hi
         rows.append(row)
-    return rows
+    return sorted(rows, key=lambda r: r["reference"])  # stable: the pairs in run order, then the references
 
 
 def _fmt(mean: float | None, std: float | None, digits: int = 3) -> str:
@@ -80,10 +88,13 @@ def _fmt(mean: float | None, std: float | None, digits: int = 3) -> str:
 
 def _markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     head = ["architecture", "attention", "params (M)", "Δ params", "GMACs", "Δ MACs"]
-    head += [label for label, _ in METRICS.values()]
+    head += [label for label, _ in METRICS.values()] + ["latency vs QKV"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
     for r in rows:
-        cells = [r["arch"], r["attention"], f"{r['params'] / 1e6:.2f}"]
+        arch, attention = r["arch"], r["attention"]
+        if r.get("reference"):
+            arch, attention = f"{arch} (reference)", "none (CNN)"
+        cells = [arch, attention, f"{r['params'] / 1e6:.2f}"]
         cells.append(f"{r['params_change_pct']:+.2f}%" if "params_change_pct" in r else "")
         cells.append(f"{r['macs'] / 1e9:.3f}")
         cells.append(f"{r['macs_change_pct']:+.2f}%" if "macs_change_pct" in r else "")
@@ -102,6 +113,8 @@ def _markdown_table(rows: Sequence[dict[str, Any]]) -> str:
                 )
                 text += f" ({diff:+.3f}{ci})"
             cells.append(text)
+        ratio = r.get("latency_ratio")
+        cells.append(f"{ratio:.3f}× [{r['latency_ratio_lo']:.3f}, {r['latency_ratio_hi']:.3f}]" if ratio else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -152,7 +165,13 @@ def write_report(cfg: Any, results: Sequence[dict[str, Any]], failures: Sequence
         f"seeds {list(cfg.seeds)}, device `{cfg.device}`; {n_runs} finished runs, {len(failures)} failed",
         "- the same bundle recipe for every pair (see `bundles/*/docs/README.md`); parameters and MACs for one "
         "input of the trained size (batch 1); latency: median forward time of one slice (batch 1, "
-        f"{cfg.device}), measured after training in the same process",
+        f"{cfg.device}), all trained networks of an architecture timed round-robin after training "
+        f"({getattr(cfg, 'latency_repeats', 20)} rounds); latency vs QKV: median of the per-round ratios to the "
+        "QKV twin [first, third quartile]",
+        "- the last row is the CNN reference (MONAI BasicUNet, no attention), trained with the same recipe and "
+        "data: it is not one of the KV/QKV pairs, it shows what the transformers cost and buy"
+        if any(r.get("reference") for r in rows)
+        else "- no CNN reference row (`--no-reference`)",
         "- Jaccard and weighted Jaccard pool the pixels of all validation volumes (the paper's metrics); Dice is "
         "the competition's per-slice Dice (slices empty in prediction and truth left out); the competition score "
         "is 0.4 Dice + 0.6 (1 - normalised 3D Hausdorff) per case-day volume",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import statistics
 import time
 import traceback
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 from kvmonai.bundle.workflow import bundle_workflow
 from kvmonai.utils import write_text_atomic
 
-__all__ = ["StudyConfig", "measure_latency", "run_study"]
+__all__ = ["StudyConfig", "measure_paired_latency", "run_study"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ class StudyConfig:
         data_note: one line on the data, printed first in the report.
         synthetic: the data is the synthetic stand-in.
         overrides: further bundle overrides (e.g. ``{"slices_per_volume": 8}``).
+        reference: also train the CNN reference (``unet_cnn``), reported in its own row.
+        jobs: runs trained at the same time, in worker processes sharing the CPU threads (1: one after another).
+        latency_repeats: timed rounds of the paired latency measurement after training.
     """
 
     datalist: Path
@@ -65,6 +69,9 @@ class StudyConfig:
     data_note: str = ""
     synthetic: bool = False
     overrides: dict[str, Any] = field(default_factory=dict)
+    reference: bool = True
+    latency_repeats: int = 20
+    jobs: int = 1
 
     @property
     def name(self) -> str:
@@ -77,21 +84,53 @@ class StudyConfig:
         return os.environ.get("MLFLOW_TRACKING_URI") or path_to_sqlite_uri(str((self.out / "mlruns.db").resolve()))
 
 
-def measure_latency(
-    net: torch.nn.Module, shape: Sequence[int], device: str, repeats: int = 10, warmup: int = 2
-) -> tuple[float, float]:
-    """Median and inter-quartile range of the forward time (ms) of ``net`` on a random input of ``shape``."""
-    from kvmonai.benchmark.timing import forward_call, time_interleaved
+def measure_paired_latency(
+    cfg: StudyConfig, results: Sequence[dict[str, Any]], warmup: int = 3
+) -> dict[tuple[str, str], dict[str, float]]:
+    """Slice latency of every trained pair, timed side by side with its architecture's other attentions.
 
-    x = torch.randn(*shape, device=device)
-    net = net.to(device).eval()
-    timing = time_interleaved({"net": forward_call(net, x)}, repeats=repeats, warmup=warmup, device=device)["net"]
-    return timing.median, timing.iqr
+    Per architecture, the trained networks (first fold and seed) are timed round-robin (QKV, KV, KV+Pos, QKV, ...)
+    with :func:`kvmonai.benchmark.timing.time_interleaved`, the method of ``kvmonai benchmark``, so a drift of the
+    shared machine hits the twins alike and a KV row is not reported slower than its twin by noise. The ratio to
+    the QKV twin is taken per round (paired).
+
+    Returns:
+        ``(arch, attention) -> {"latency_ms", "latency_iqr_ms", "latency_ratio", "latency_ratio_lo",
+        "latency_ratio_hi"}``; the ratio (median, first and third quartile over the rounds) only where a QKV twin
+        ran.
+    """
+    from kvmonai.benchmark.timing import forward_call, ratio, time_interleaved
+    from kvmonai.bundle.checkpoint import load_weights
+    from kvmonai.networks import create
+
+    first: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in results:
+        first.setdefault((r["arch"], r["attention"]), r)
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    for arch in dict.fromkeys(a for a, _ in first):
+        calls = {}
+        for (a, attention), r in first.items():
+            if a != arch:
+                continue
+            in_channels = int(r.get("in_channels", 3))
+            net = create(arch, attention, cfg.preset, in_channels=in_channels, img_size=cfg.img_size)
+            load_weights(net, Path(r["run_dir"]) / "model.pt")
+            x = torch.randn(1, in_channels, cfg.img_size, cfg.img_size, device=cfg.device)
+            calls[attention] = forward_call(net.to(cfg.device).eval(), x)
+        timings = time_interleaved(calls, repeats=cfg.latency_repeats, warmup=warmup, device=cfg.device)
+        for attention, timing in timings.items():
+            entry = {"latency_ms": timing.median, "latency_iqr_ms": timing.iqr}
+            if attention != "qkv" and "qkv" in timings:
+                pairs = sorted(x / y for x, y in zip(timing.times_ms, timings["qkv"].times_ms, strict=True))
+                q = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else [pairs[0]] * 3
+                entry.update(latency_ratio=ratio(timing, timings["qkv"])[0], latency_ratio_lo=q[0])
+                entry["latency_ratio_hi"] = q[2]
+            out[(arch, attention)] = entry
+    return out
 
 
 def _run_one(cfg: StudyConfig, arch: str, attention: str, fold: int, seed: int, parent_id: str | None) -> dict:
-    from kvmonai.bundle.checkpoint import load_checkpoint, load_weights
-    from kvmonai.networks import create
+    from kvmonai.bundle.checkpoint import load_checkpoint
 
     name = f"{arch}_{attention}"
     run_dir = (cfg.out / "runs" / f"{name}_fold{fold}_seed{seed}").resolve()
@@ -112,6 +151,7 @@ def _run_one(cfg: StudyConfig, arch: str, attention: str, fold: int, seed: int, 
         "experiment_name": f"kvmonai-study-{cfg.name}",
         "device": f"$torch.device('{cfg.device}')",
         "num_workers": 0,
+        "progress": cfg.jobs <= 1,  # parallel runs: the study's own bar only
         **cfg.overrides,
     }
     # an earlier, interrupted invocation may have left a checkpoint: continue it, or only evaluate if it finished
@@ -134,9 +174,6 @@ def _run_one(cfg: StudyConfig, arch: str, attention: str, fold: int, seed: int, 
     settings = json.loads((run_dir / "run_settings.json").read_text())
 
     in_channels = int(train.parser.get_parsed_content("in_channels"))  # the bundle's 2.5D slice count
-    net = create(arch, attention, cfg.preset, in_channels=in_channels, img_size=cfg.img_size)
-    load_weights(net, run_dir / "model.pt")
-    latency, iqr = measure_latency(net, (1, in_channels, cfg.img_size, cfg.img_size), cfg.device)
     result = {
         "arch": arch,
         "attention": attention,
@@ -144,8 +181,7 @@ def _run_one(cfg: StudyConfig, arch: str, attention: str, fold: int, seed: int, 
         "seed": seed,
         "params": settings["params"],
         "macs": settings["macs"],
-        "latency_ms": latency,
-        "latency_iqr_ms": iqr,
+        "in_channels": in_channels,
         "train_seconds": train_seconds,
         "jaccard": summary["jaccard"],
         "weighted_jaccard": summary["weighted_jaccard"],
@@ -176,7 +212,7 @@ def _tag_child(cfg: StudyConfig, run_name: str, parent_id: str | None, result: d
         return
     run_id = runs[0].info.run_id
     client.set_tag(run_id, "mlflow.parentRunId", parent_id)
-    for key in ("jaccard", "weighted_jaccard", "dice", "score", "latency_ms"):
+    for key in ("jaccard", "weighted_jaccard", "dice", "score"):
         if result.get(key) is not None:
             client.log_metric(run_id, f"eval_{key}", float(result[key]))
 
@@ -206,33 +242,80 @@ def _parent_run(cfg: StudyConfig) -> str | None:
         return None
 
 
+def _init_worker(threads: int) -> None:
+    """Worker of a parallel study: its share of the cores, so the workers' OpenMP threads never oversubscribe."""
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _guarded_run(
+    cfg: StudyConfig, arch: str, attention: str, fold: int, seed: int, parent_id: str | None
+) -> dict[str, Any]:
+    """``{"result": ...}`` of one run, or ``{"failure": ...}`` with the error and its traceback (never raises)."""
+    try:
+        return {"result": _run_one(cfg, arch, attention, fold, seed, parent_id)}
+    except Exception as e:
+        failure = {"arch": arch, "attention": attention, "fold": fold, "seed": seed}
+        return {"failure": {**failure, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}}
+
+
 def run_study(cfg: StudyConfig, progress: bool = True) -> dict[str, Any]:
     """Run every (pair, fold, seed) not finished yet, then write the report.
+
+    With ``cfg.jobs > 1`` the runs go to that many worker processes, each with its share of the CPU threads: small
+    networks use two cores poorly within one process (per-operator threading overhead, Python-side transforms and
+    handlers), so two single-threaded runs side by side finish sooner than two runs one after the other.
 
     Returns:
         ``{"results": [...], "failures": [...], "report": path}``.
     """
+    from kvmonai.networks import REFERENCES, attentions_for
     from kvmonai.study.report import write_report
 
     cfg.out.mkdir(parents=True, exist_ok=True)
-    parent_id = _parent_run(cfg)
-    jobs = [(a, t, f, s) for a, t in cfg.pairs for f in cfg.folds for s in cfg.seeds]
-    results, failures = [], []
-    bar = tqdm(jobs, desc=f"study {cfg.name}", unit="run", disable=not progress)
-    for arch, attention, fold, seed in bar:
-        bar.set_postfix_str(f"{arch}_{attention} fold {fold} seed {seed}")
+    parent_id = _parent_run(cfg)  # also creates the MLflow store before any worker writes to it
+
+    pairs = list(cfg.pairs) + ([(a, attentions_for(a)[0]) for a in REFERENCES] if cfg.reference else [])
+    jobs = [(a, t, f, s) for a, t in pairs for f in cfg.folds for s in cfg.seeds]
+    outcomes: dict[int, dict[str, Any]] = {}
+    todo = []
+    for i, (arch, attention, fold, seed) in enumerate(jobs):
         done = cfg.out / "runs" / f"{arch}_{attention}_fold{fold}_seed{seed}" / "result.json"
         if done.is_file():
-            results.append(json.loads(done.read_text()))
-            continue
+            outcomes[i] = {"result": json.loads(done.read_text())}
+        else:
+            todo.append(i)
+    bar = tqdm(total=len(jobs), initial=len(outcomes), desc=f"study {cfg.name}", unit="run", disable=not progress)
+    if cfg.jobs <= 1:
+        for i in todo:
+            bar.set_postfix_str("{}_{} fold {} seed {}".format(*jobs[i]))
+            outcomes[i] = _guarded_run(cfg, *jobs[i], parent_id)
+            bar.update()
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        threads = max(1, torch.get_num_threads() // cfg.jobs)
+        context = multiprocessing.get_context("spawn")  # no forked OpenMP or MLflow state
+        with ProcessPoolExecutor(cfg.jobs, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
+            futures = {pool.submit(_guarded_run, cfg, *jobs[i], parent_id): i for i in todo}
+            for future in as_completed(futures):
+                outcomes[futures[future]] = future.result()
+                bar.set_postfix_str("{}_{} fold {} seed {} done".format(*jobs[futures[future]]))
+                bar.update()
+    bar.close()
+    results = [outcomes[i]["result"] for i in sorted(outcomes) if "result" in outcomes[i]]
+    failures = [outcomes[i]["failure"] for i in sorted(outcomes) if "failure" in outcomes[i]]
+    for f in failures:
+        logger.error(f"{f['arch']}_{f['attention']} fold {f['fold']} seed {f['seed']} failed: {f['error']}")
+    if results:
+        if progress:
+            print(f"[kvmonai study] paired latency of {len(pairs)} networks ({cfg.latency_repeats} rounds)", flush=True)
         try:
-            results.append(_run_one(cfg, arch, attention, fold, seed, parent_id))
-        except Exception as e:
-            logger.error(f"{arch}_{attention} fold {fold} seed {seed} failed: {e}")
-            failures.append(
-                {"arch": arch, "attention": attention, "fold": fold, "seed": seed, "error": f"{type(e).__name__}: {e}",
-                 "traceback": traceback.format_exc()}
-            )  # fmt: skip
+            latency = measure_paired_latency(cfg, results)
+            results = [{**r, **latency.get((r["arch"], r["attention"]), {})} for r in results]
+        except Exception as e:  # a timing problem must not lose the trained results
+            logger.error(f"latency measurement failed: {e}")
     report = write_report(cfg, results, failures)
     if parent_id is not None:
         try:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from kvmonai.networks import ARCHITECTURES, attentions_for, create, pairs
+from kvmonai.networks import ARCHITECTURES, attentions_for, create, init_output_bias, pairs
 
 SIZE = 64  # the tiny preset's size; SwinUNETR needs sides divisible by 32 and a >1 pixel bottleneck
 
@@ -13,6 +15,23 @@ SIZE = 64  # the tiny preset's size; SwinUNETR needs sides divisible by 32 and a
 def test_fourteen_pairs():
     assert len(pairs()) == 14
     assert attentions_for("swin_unetr") == ("qkv", "kv")
+    assert pairs(references=True) == [*pairs(), ("unet", "cnn")]
+    with pytest.raises(ValueError, match=r"attention for 'unet' must be one of \('cnn',\)"):
+        create("unet", "kv")
+
+
+@pytest.mark.parametrize(("arch", "attention"), pairs(references=True))
+def test_output_prior_sets_the_starting_logits(arch, attention):
+    """``output_prior`` reaches the output layer of every network: the mean logit starts at log(p / (1 - p))."""
+    torch.manual_seed(0)
+    net = create(arch, attention, "tiny", img_size=SIZE, output_prior=0.02).eval()
+    with torch.no_grad():
+        logits = net(torch.zeros(2, 3, SIZE, SIZE))
+    assert logits.mean().item() == pytest.approx(math.log(0.02 / 0.98), abs=0.4)
+    with pytest.raises(ValueError, match=r"prior must be in \(0, 1\)"):
+        init_output_bias(net, 1.0)
+    with pytest.raises(ValueError, match="no Conv2d with 7 outputs"):
+        init_output_bias(net, 0.1, out_channels=7)
 
 
 @pytest.mark.parametrize(("arch", "attention"), pairs())

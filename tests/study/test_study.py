@@ -36,11 +36,17 @@ def test_two_pair_study_end_to_end(prepared, tmp_path, monkeypatch, capsys):
     assert report.splitlines()[0].startswith("**Data: the kvmonai synthetic stand-in, not real MRI.")
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["arch"], r["attention"]) for r in rows] == [("setr", "qkv"), ("setr", "kv")]
+    # the CNN reference is on by default and comes last, in its own row, not as a pair
+    assert [(r["arch"], r["attention"]) for r in rows] == [("setr", "qkv"), ("setr", "kv"), ("unet", "cnn")]
     assert float(rows[1]["params_change_pct"]) < 0 and float(rows[1]["macs_change_pct"]) < 0
+    assert [r["reference"] for r in rows] == ["False", "False", "True"] and not rows[2]["params_change_pct"]
     for r in rows:
         assert 0 <= float(r["jaccard"]) <= 1 and float(r["latency_ms"]) > 0
-    assert "| setr | kv |" in report and "Δ params" in report
+    # paired latency: the KV twin's ratio to QKV, with its quartiles around it; none for QKV and the reference
+    assert float(rows[1]["latency_ratio_lo"]) <= float(rows[1]["latency_ratio"]) <= float(rows[1]["latency_ratio_hi"])
+    assert not rows[0]["latency_ratio"] and not rows[2]["latency_ratio"]
+    assert "| setr | kv |" in report and "Δ params" in report and "latency vs QKV" in report
+    assert "| unet (reference) | none (CNN) |" in report and "the last row is the CNN reference" in report
     for chart in ("accuracy_vs_macs", "savings", "training_curves", "predictions"):
         assert (out / f"{chart}.png").stat().st_size > 1000, chart
 
@@ -50,7 +56,8 @@ def test_two_pair_study_end_to_end(prepared, tmp_path, monkeypatch, capsys):
     parents = [r for r in runs if r.data.tags.get("kvmonai_study") == "parent"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert sorted(r.info.run_name for r in children) == ["setr_kv_fold0_seed0", "setr_qkv_fold0_seed0"]
+    names = ["setr_kv_fold0_seed0", "setr_qkv_fold0_seed0", "unet_cnn_fold0_seed0"]
+    assert sorted(r.info.run_name for r in children) == names
     assert all("eval_jaccard" in r.data.metrics and "val_jaccard" in r.data.metrics for r in children)
     assert "report.md" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
 
@@ -77,7 +84,7 @@ def test_a_failing_pair_does_not_lose_the_others(prepared, tmp_path, monkeypatch
     (bundles / "setr_kv" / "configs" / "train.json").write_text("{ broken")
     cfg = StudyConfig(
         datalist=prepared / "datalist.json", out=tmp_path / "out", pairs=[("setr", "kv"), ("setr", "qkv")],
-        preset="tiny", img_size=64, epochs=1, bundles=bundles, synthetic=True,
+        preset="tiny", img_size=64, epochs=1, bundles=bundles, synthetic=True, reference=False,
     )  # fmt: skip
     outcome = run_study(cfg, progress=False)
     assert [(r["arch"], r["attention"]) for r in outcome["results"]] == [("setr", "qkv")]
