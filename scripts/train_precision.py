@@ -57,7 +57,7 @@ def _trainer(net: torch.nn.Module, precision: str, loss_fn, lr: float):
         loss = loss_fn(inferer(x, net), y)
         loss.backward()
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     return step
 

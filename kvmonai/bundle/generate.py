@@ -54,7 +54,7 @@ ARCH_INFO: dict[str, dict[str, str]] = {
     },
     "unet": {
         "title": "U-Net (MONAI BasicUNet, 2D): the convolutional reference of the study",
-        "short": "a convolutional network without attention (the study's reference row)",
+        "short": "a convolutional network without attention, the study's reference row",
         "reference": "Ronneberger O et al. U-Net: Convolutional Networks for Biomedical Image Segmentation. "
         "MICCAI 2015. arXiv:1505.04597",
     },
@@ -84,7 +84,7 @@ ATTENTION_INFO: dict[str, tuple[str, str]] = {
         "from 50 sinusoidal channels over the (query index, key index) grid, 51 parameters per layer).",
     ),
     "cnn": (
-        "no attention",
+        "no",
         "no attention at all: a convolutional reference trained with the same recipe and data, so the study shows "
         "what the transformers cost and buy.",
     ),
@@ -135,8 +135,9 @@ def _performance(arch: str, attention: str, measured_dir: Path | None) -> str:
         if found:
             r = found[0]
             parts.append(
-                "Smoke run on the **synthetic** stand-in (`./scripts/demo.sh`: small preset at 96x96, 30 short "
-                "epochs, fold 0, seed 0, CPU; numbers on synthetic data are no evidence about real MRI): "
+                "Short run on the **synthetic** stand-in (the default study of `./scripts/demo.sh`; its settings, "
+                "machine and time are in the kvmonai README; numbers on synthetic data are no evidence about real "
+                "MRI): "
                 f"validation Jaccard {float(r['jaccard']):.3f}, weighted Jaccard {float(r['weighted_jaccard']):.3f}, "
                 f"Dice large bowel / small bowel / stomach {float(r['dice_large_bowel']):.3f} / "
                 f"{float(r['dice_small_bowel']):.3f} / {float(r['dice_stomach']):.3f}, competition score "
