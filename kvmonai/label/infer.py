@@ -6,7 +6,7 @@ does not load with the CPU torch). One request runs:
 1. the bundle's ``preprocessing`` (load, reorient to ``PLS``, scale, 2.5D neighbour channels, resize);
 2. the bundle's ``inferer`` (``SliceInferer``: the 2D network over every axial slice) with ``network_def`` and the
    weights ``models/model.pt``;
-3. the bundle's ``postprocessing`` without its ``SaveImaged`` (sigmoid, threshold, ``Invertd``), then
+3. the bundle's ``postprocessing`` without its ``SaveImaged`` (sigmoid, ``Invertd``, threshold), then
    :class:`~kvmonai.label.transforms.ChannelsToLabelMapd` (value ``c + 1`` for organ channel ``c``, the later
    organ where several overlap) and :class:`~kvmonai.label.transforms.RestoreInputGridd` (the input's grid);
 4. MONAI Label's writer: a ``uint8`` label volume (NIfTI by default) with the input's shape and affine.

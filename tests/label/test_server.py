@@ -164,7 +164,9 @@ def test_info_lists_bundles_labels_and_trainers(server: Server):
     assert sorted(info["trainers"]) == ["setr_kv", "unetr_kv"]
     config = info["trainers"]["setr_kv"]["config"]
     assert {"max_epochs", "learning_rate", "val_split", "pretrained", "mlflow", "device"} <= set(config)
-    assert config["max_epochs"] == 50 and config["learning_rate"] == pytest.approx(0.0001)  # train.json: 50, 0.001
+    recipe = json.loads((REPO / "bundles" / "setr_kv" / "configs" / "train.json").read_text())
+    assert config["max_epochs"] == recipe["max_epochs"]
+    assert config["learning_rate"] == pytest.approx(recipe["learning_rate"] / 10)  # fine-tuning: a tenth
     assert info["datastore"]["total"] == 1
 
 
