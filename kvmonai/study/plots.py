@@ -14,7 +14,6 @@ from kvmonai.utils import pyplot, save_figure
 __all__ = ["plot_accuracy_vs_macs", "plot_predictions", "plot_savings", "plot_training_curves"]
 
 _MARKERS = {"qkv": "o", "kv": "s", "kvpos": "^", "cnn": "D"}
-_MARKERS_PAIRS = ("qkv", "kv", "kvpos")
 _CLASS_COLOURS = np.array([[0.95, 0.35, 0.2], [0.2, 0.8, 0.3], [0.25, 0.45, 1.0]])
 
 
@@ -113,13 +112,15 @@ def plot_predictions(results: Sequence[dict[str, Any]], path: Path, attentions: 
 
     Reads the examples saved by the evaluation (``eval/examples.npz``) and the images from the datalist.
     """
+    from kvmonai.networks import REFERENCES
+
     plt = pyplot()
     chosen: dict[str, dict[str, dict[str, Any]]] = {}
     for r in results:
         example = Path(r["run_dir"]) / "eval" / "examples.npz"
-        if example.is_file() and (r["attention"] in attentions or r["attention"] not in _MARKERS_PAIRS):
-            # a reference network (no attention) is shown in the first prediction column
-            column = r["attention"] if r["attention"] in attentions else attentions[0]
+        reference = r["arch"] in REFERENCES  # no attention: shown in the first prediction column
+        if example.is_file() and (r["attention"] in attentions or reference):
+            column = attentions[0] if reference else r["attention"]
             chosen.setdefault(r["arch"], {}).setdefault(column, r)
     archs = list(chosen)
     if not archs:

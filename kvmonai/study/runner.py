@@ -99,7 +99,7 @@ def measure_paired_latency(
         "latency_ratio_hi"}``; the ratio (median, first and third quartile over the rounds) only where a QKV twin
         ran.
     """
-    from kvmonai.benchmark.timing import forward_call, ratio, time_interleaved
+    from kvmonai.benchmark.timing import forward_call, time_interleaved
     from kvmonai.bundle.checkpoint import load_weights
     from kvmonai.networks import create
 
@@ -121,10 +121,9 @@ def measure_paired_latency(
         for attention, timing in timings.items():
             entry = {"latency_ms": timing.median, "latency_iqr_ms": timing.iqr}
             if attention != "qkv" and "qkv" in timings:
-                pairs = sorted(x / y for x, y in zip(timing.times_ms, timings["qkv"].times_ms, strict=True))
-                q = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else [pairs[0]] * 3
-                entry.update(latency_ratio=ratio(timing, timings["qkv"])[0], latency_ratio_lo=q[0])
-                entry["latency_ratio_hi"] = q[2]
+                per_round = [x / y for x, y in zip(timing.times_ms, timings["qkv"].times_ms, strict=True)]
+                q = statistics.quantiles(per_round, n=4) if len(per_round) > 1 else per_round * 3
+                entry.update(latency_ratio=statistics.median(per_round), latency_ratio_lo=q[0], latency_ratio_hi=q[2])
             out[(arch, attention)] = entry
     return out
 
@@ -269,13 +268,14 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> dict[str, Any]:
     Returns:
         ``{"results": [...], "failures": [...], "report": path}``.
     """
-    from kvmonai.networks import REFERENCES, attentions_for
+    from kvmonai.networks import REFERENCES
+    from kvmonai.networks import pairs as arch_pairs
     from kvmonai.study.report import write_report
 
     cfg.out.mkdir(parents=True, exist_ok=True)
     parent_id = _parent_run(cfg)  # also creates the MLflow store before any worker writes to it
 
-    pairs = list(cfg.pairs) + ([(a, attentions_for(a)[0]) for a in REFERENCES] if cfg.reference else [])
+    pairs = list(cfg.pairs) + (arch_pairs(REFERENCES) if cfg.reference else [])
     jobs = [(a, t, f, s) for a, t in pairs for f in cfg.folds for s in cfg.seeds]
     outcomes: dict[int, dict[str, Any]] = {}
     todo = []
