@@ -22,75 +22,6 @@ _PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 #: files of a generated bundle that the generator owns (training outputs such as models/ and runs/ are not)
 _GENERATED_DIRS = ("configs", "docs")
 
-ARCH_INFO: dict[str, dict[str, str]] = {
-    "setr": {
-        "title": "SETR-PUP (ViT-B/16 encoder, progressive upsampling decoder)",
-        "short": "a pure transformer",
-        "reference": "Zheng S et al. Rethinking Semantic Segmentation from a Sequence-to-Sequence Perspective with "
-        "Transformers. CVPR 2021. arXiv:2012.15840",
-    },
-    "transunet": {
-        "title": "TransUNet (R50-ViT-B/16 hybrid encoder, cascaded upsampler)",
-        "short": "a hybrid CNN-transformer",
-        "reference": "Chen J et al. TransUNet: Transformers Make Strong Encoders for Medical Image Segmentation. "
-        "arXiv:2102.04306, 2021",
-    },
-    "cvt": {
-        "title": "CvT-13 U-shaped segmenter (convolutional token embedding and projections)",
-        "short": "a hybrid convolutional transformer",
-        "reference": "Wu H et al. CvT: Introducing Convolutions to Vision Transformers. ICCV 2021. arXiv:2103.15808",
-    },
-    "unetr": {
-        "title": "UNETR (MONAI, 2D, ViT-B/16 encoder)",
-        "short": "a transformer encoder with a convolutional decoder",
-        "reference": "Hatamizadeh A et al. UNETR: Transformers for 3D Medical Image Segmentation. WACV 2022. "
-        "arXiv:2103.10497",
-    },
-    "swin_unetr": {
-        "title": "SwinUNETR (MONAI, 2D, shifted-window transformer encoder)",
-        "short": "a hierarchical shifted-window transformer",
-        "reference": "Hatamizadeh A et al. Swin UNETR: Swin Transformers for Semantic Segmentation of Brain Tumors "
-        "in MRI Images. BrainLes 2021. arXiv:2201.01266",
-    },
-    "unet": {
-        "title": "U-Net (MONAI BasicUNet, 2D): the convolutional reference of the study",
-        "short": "a convolutional network without attention, the study's reference row",
-        "reference": "Ronneberger O et al. U-Net: Convolutional Networks for Biomedical Image Segmentation. "
-        "MICCAI 2015. arXiv:1505.04597",
-    },
-}
-
-#: channels-last inference pays on oneDNN convolutions but costs SwinUNETR's window partitioning more than it saves
-#: (whole case on 2 CPU cores: 18.6 s bf16 vs 19.8-20.0 s with channels-last; docs/benchmarks.md)
-CHANNELS_LAST: dict[str, bool] = {
-    "setr": True,
-    "transunet": True,
-    "cvt": True,
-    "unetr": True,
-    "swin_unetr": False,
-    "unet": True,
-}
-
-ATTENTION_INFO: dict[str, tuple[str, str]] = {
-    "qkv": ("QKV", "standard multi-head self-attention (query, key and value projections), the baseline."),
-    "kv": (
-        "KV",
-        "Borji's key-value attention: no query projection, the keys are used on both sides (logits K Kᵀ), which "
-        "saves one d x d projection per attention layer.",
-    ),
-    "kvpos": (
-        "KV+Pos",
-        "Borji's key-value attention plus his 2D positional correction (a learned temperature and a per-key bias "
-        "from 50 sinusoidal channels over the (query index, key index) grid, 51 parameters per layer).",
-    ),
-    "cnn": (
-        "no",
-        "no attention at all: a convolutional reference trained with the same recipe and data, so the study shows "
-        "what the transformers cost and buy.",
-    ),
-}
-
-
 def bundle_name(arch: str, attention: str) -> str:
     """Folder name of a bundle, e.g. ``setr_kv``."""
     return f"{arch}_{attention}"
@@ -200,23 +131,23 @@ def render_bundle(arch: str, attention: str, measured_dir: str | os.PathLike | N
     Raises:
         ValueError: for an unknown pair.
     """
-    from kvmonai.networks import attentions_for
+    from kvmonai.networks import ATTENTIONS, lookup
 
-    if attention not in attentions_for(arch):
-        raise ValueError(f"no bundle for {arch!r} with {attention!r}; attentions: {attentions_for(arch)}.")
-    info = ARCH_INFO[arch]
-    att_title, att_desc = ATTENTION_INFO[attention]
+    info = lookup(arch)
+    if attention not in info.attentions:
+        raise ValueError(f"no bundle for {arch!r} with {attention!r}; attentions: {info.attentions}.")
+    att = ATTENTIONS[attention]
     values = {
         "arch": arch,
         "attention": attention,
         "bundle_name": bundle_name(arch, attention),
-        "arch_title": info["title"],
-        "arch_reference": info["reference"],
-        "arch_reference_short": info["short"],
-        "attention_title": att_title,
-        "attention_description": att_desc,
+        "arch_title": info.title,
+        "arch_reference": info.reference,
+        "arch_reference_short": info.short,
+        "attention_title": att.title,
+        "attention_description": att.description,
         "performance": _performance(arch, attention, Path(measured_dir) if measured_dir else None),
-        "channels_last": "True" if CHANNELS_LAST[arch] else "False",
+        "channels_last": "True" if info.channels_last else "False",
         **recipe_values(),
     }
     files: dict[str, str] = {}

@@ -113,24 +113,63 @@ def measure(model: nn.Module, input_shape: Sequence[int]) -> Complexity:
     return Complexity(params=count_parameters(model), macs=count_macs(model, input_shape))
 
 
-def kvpos_elementwise_ops(model: nn.Module, num_tokens: Sequence[int] | int) -> int:
+def kvpos_elementwise_ops(
+    model: nn.Module, num_tokens: Sequence[int] | int | None = None, input_shape: Sequence[int] | None = None
+) -> int:
     """Element-wise operations of the KV+Pos corrections of ``model``, which MAC counts leave out.
 
-    Per KV+Pos layer with ``h`` heads, ``d_h`` head size and ``n`` tokens: ``h n d_h`` multiplications (temperature),
-    ``n (m - m_q)`` MACs (per-key bias) and ``h n^2`` additions (bias on the logits).
+    Per KV+Pos layer with ``h`` heads, ``d_h`` head size, ``n_q`` queries and ``n_k`` keys: ``h n_q d_h``
+    multiplications (temperature), ``n_k (m - m_q)`` MACs (per-key bias) and ``h n_q n_k`` additions (bias on the
+    logits); the formula is :meth:`~kvmonai.networks.blocks.KVPositionCorrection.elementwise_ops`. It covers every
+    layer that holds that correction: ``KVSelfAttention`` (``n_q = n_k = n``) and CvT's attention (whose keys are
+    strided, so ``n_q`` and ``n_k`` differ by ``kv_mode``).
 
     Args:
-        model: a model containing ``KVSelfAttention`` layers.
-        num_tokens: tokens seen by each KV+Pos layer, in module order, or one number for all.
-    """
-    from kvmonai.networks.blocks import KVSelfAttention, positional_split
+        model: the model.
+        num_tokens: tokens seen by each ``KVSelfAttention`` KV+Pos layer, in module order, or one number for all.
+        input_shape: instead of ``num_tokens``: run one forward pass of this input shape (with batch dimension)
+            and take each layer's query and key counts from it; needed for CvT.
 
-    layers = [m for m in model.modules() if isinstance(m, KVSelfAttention) and m.attention == "kvpos"]
-    counts = [int(num_tokens)] * len(layers) if isinstance(num_tokens, int) else [int(n) for n in num_tokens]
-    if len(counts) != len(layers):
-        raise ValueError(f"num_tokens has {len(counts)} entries for {len(layers)} KV+Pos layers.")
-    total = 0
-    for layer, n in zip(layers, counts, strict=True):
-        key_channels = positional_split(layer.pos_channels)[1]
-        total += layer.num_heads * n * layer.dim_head + n * key_channels + layer.num_heads * n * n
-    return total
+    Raises:
+        ValueError: if neither or both of ``num_tokens`` and ``input_shape`` are given, if ``num_tokens`` does not
+            match the layers, or if the model has CvT KV+Pos layers and only ``num_tokens`` is given.
+    """
+    from kvmonai.networks.blocks import CvTAttention, KVPositionCorrection
+
+    if (num_tokens is None) == (input_shape is None):
+        raise ValueError("pass either num_tokens or input_shape to kvpos_elementwise_ops.")
+    layers = [m for m in model.modules() if isinstance(getattr(m, "pos_proj", None), KVPositionCorrection)]
+    if input_shape is not None:
+        counts: list[tuple[int, int]] = []
+
+        def record(module: nn.Module, args: tuple) -> None:
+            if isinstance(module, CvTAttention):
+                counts.append(module.token_counts(int(args[1]), int(args[2])))
+            else:
+                counts.append((int(args[0].shape[1]), int(args[0].shape[1])))
+
+        hooks = [layer.register_forward_pre_hook(record) for layer in layers]
+        param = next(model.parameters())
+        was_training = model.training
+        try:
+            model.eval()
+            with torch.no_grad():
+                model(torch.randn(*input_shape, device=param.device, dtype=param.dtype))
+        finally:
+            model.train(was_training)
+            for hook in hooks:
+                hook.remove()
+        if len(counts) != len(layers):
+            raise ValueError(f"{len(layers)} KV+Pos layers but {len(counts)} calls; is one of them reused?")
+    else:
+        if any(isinstance(m, CvTAttention) for m in layers):
+            raise ValueError("the model has CvT KV+Pos layers, whose key counts differ from the query counts: pass "
+                             "input_shape instead of num_tokens.")  # fmt: skip
+        tokens = [int(num_tokens)] * len(layers) if isinstance(num_tokens, int) else [int(n) for n in num_tokens]
+        if len(tokens) != len(layers):
+            raise ValueError(f"num_tokens has {len(tokens)} entries for {len(layers)} KV+Pos layers.")
+        counts = [(n, n) for n in tokens]
+    return sum(
+        layer.pos_proj.elementwise_ops(layer.num_heads, layer.dim_head, n_q, n_k)
+        for layer, (n_q, n_k) in zip(layers, counts, strict=True)
+    )

@@ -1,5 +1,5 @@
-"""kvmonai networks: attention blocks (``kvmonai.networks.blocks``), architectures (``kvmonai.networks.nets``) and
-the :func:`create` factory."""
+"""kvmonai networks: attention blocks (``kvmonai.networks.blocks``), architectures (``kvmonai.networks.nets``), the
+architecture registry (``kvmonai.networks.registry``) and the :func:`create` factory."""
 
 from kvmonai.networks.factory import (
     ARCHITECTURES,
@@ -12,15 +12,21 @@ from kvmonai.networks.factory import (
     network_class,
     pairs,
 )
+from kvmonai.networks.registry import ARCHITECTURE_REGISTRY, ATTENTIONS, Architecture, Attention, lookup
 
 __all__ = [
     "ARCHITECTURES",
+    "ARCHITECTURE_REGISTRY",
+    "ATTENTIONS",
+    "Architecture",
+    "Attention",
     "PRESETS",
     "PRESET_IMG_SIZE",
     "REFERENCES",
     "attentions_for",
     "create",
     "init_output_bias",
+    "lookup",
     "network_class",
     "pairs",
 ]

@@ -1,13 +1,18 @@
-"""Build any architecture/attention pair by name: ``create("setr", attention="kv", preset="small")``."""
+"""Build any architecture/attention pair by name: ``create("setr", attention="kv", preset="small")``.
+
+What each architecture is and offers lives in :mod:`kvmonai.networks.registry`; this module only builds.
+"""
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
+
+from kvmonai.networks.registry import ARCHITECTURE_REGISTRY, PRESET_IMG_SIZE, PRESETS, lookup
+from kvmonai.utils import check_option
 
 __all__ = [
     "ARCHITECTURES",
@@ -21,33 +26,10 @@ __all__ = [
     "pairs",
 ]
 
-#: architecture name -> (module, class); modules are imported on first use
-_REGISTRY: dict[str, tuple[str, str]] = {
-    "setr": ("kvmonai.networks.nets.setr", "SETR"),
-    "transunet": ("kvmonai.networks.nets.transunet", "TransUNet"),
-    "cvt": ("kvmonai.networks.nets.cvt", "CvTUNet"),
-    "unetr": ("kvmonai.networks.nets.unetr", "KVUNETR"),
-    "swin_unetr": ("kvmonai.networks.nets.swin_unetr", "KVSwinUNETR"),
-    "unet": ("kvmonai.networks.nets.unet", "UNetCNN"),
-}
-#: the five transformer architectures the study compares (KV vs QKV)
-ARCHITECTURES: tuple[str, ...] = ("setr", "transunet", "cvt", "unetr", "swin_unetr")
+#: the transformer architectures the study compares (KV vs QKV), in report order
+ARCHITECTURES: tuple[str, ...] = tuple(a.name for a in ARCHITECTURE_REGISTRY.values() if not a.reference_network)
 #: reference networks without attention, reported in their own rows (the CNN reference: ``unet`` / ``"cnn"``)
-REFERENCES: tuple[str, ...] = ("unet",)
-#: attentions of each architecture (SwinUNETR has no KV+Pos; the CNN reference has none, called ``"cnn"``)
-_ATTENTIONS: dict[str, tuple[str, ...]] = {
-    **{a: ("qkv", "kv", "kvpos") for a in ARCHITECTURES},
-    "swin_unetr": ("qkv", "kv"),
-    "unet": ("cnn",),
-}
-PRESETS: tuple[str, ...] = ("paper", "small", "tiny")
-#: the input size each preset is designed and documented for
-PRESET_IMG_SIZE: dict[str, int] = {"paper": 224, "small": 128, "tiny": 64}
-
-
-def _check_arch(arch: str) -> None:
-    if arch not in _REGISTRY:
-        raise ValueError(f"arch must be one of {tuple(_REGISTRY)}, got {arch!r}.")
+REFERENCES: tuple[str, ...] = tuple(a.name for a in ARCHITECTURE_REGISTRY.values() if a.reference_network)
 
 
 def network_class(arch: str) -> type[nn.Module]:
@@ -56,15 +38,16 @@ def network_class(arch: str) -> type[nn.Module]:
     Raises:
         ValueError: if ``arch`` is unknown.
     """
-    _check_arch(arch)
-    module, name = _REGISTRY[arch]
-    return getattr(importlib.import_module(module), name)
+    return lookup(arch).network_class
 
 
 def attentions_for(arch: str) -> tuple[str, ...]:
-    """Attention variants available for ``arch`` (SwinUNETR has no KV+Pos; the CNN reference only ``"cnn"``)."""
-    _check_arch(arch)
-    return _ATTENTIONS[arch]
+    """Attention variants available for ``arch`` (SwinUNETR has no KV+Pos; the CNN reference only ``"cnn"``).
+
+    Raises:
+        ValueError: if ``arch`` is unknown.
+    """
+    return lookup(arch).attentions
 
 
 def pairs(archs: Sequence[str] | None = None, references: bool = False) -> list[tuple[str, str]]:
@@ -105,19 +88,13 @@ def create(
     Raises:
         ValueError: for an unknown ``arch``, ``attention`` or ``preset`` (and the networks' own argument checks).
     """
-    cls = network_class(arch)
-    if attention not in attentions_for(arch):
-        why = " (its relative position bias is kept in both; KV+Pos does not apply to windows)"
-        raise ValueError(
-            f"attention for {arch!r} must be one of {attentions_for(arch)}, got {attention!r}"
-            + (why if arch == "swin_unetr" else "")
-            + "."
-        )
-    if preset not in PRESETS:
-        raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}.")
-    presets = importlib.import_module(cls.__module__).PRESETS
-    kwargs = {**presets[preset], **overrides}
-    net = cls(in_channels=in_channels, out_channels=out_channels, img_size=img_size, attention=attention, **kwargs)
+    record = lookup(arch)
+    record.check_attention(attention)
+    check_option("preset", preset, PRESETS)
+    kwargs = {**record.presets[preset], **overrides}
+    net = record.network_class(
+        in_channels=in_channels, out_channels=out_channels, img_size=img_size, attention=attention, **kwargs
+    )
     return init_output_bias(net, output_prior, out_channels)
 
 

@@ -16,13 +16,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.layers.utils import get_rel_pos_embedding_layer
 
+from kvmonai.utils import check_option
+
 __all__ = [
     "ATTENTION_VARIANTS",
+    "KVPositionCorrection",
     "KVSelfAttention",
     "append_key_bias",
     "borji_positional_encoding",
+    "key_position_bias",
     "positional_frequencies",
     "positional_split",
+    "routed_sdpa",
     "sincos_embedding",
 ]
 
@@ -129,6 +134,152 @@ def append_key_bias(
     return torch.cat((q, q_extra), dim=-1), torch.cat((k, k_extra), dim=-1), torch.cat((v, v_extra), dim=-1)
 
 
+def key_position_bias(
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    num_keys: int,
+    pos_channels: int,
+    inv_freq: Optional[torch.Tensor] = None,  # noqa: UP045
+) -> torch.Tensor:
+    """Per-key logit bias ``g(j) + b`` of KV+Pos for ``num_keys`` keys, shape ``(num_keys,)``.
+
+    Borji's correction collapses ``S[i, j] + P[i, j, c]`` over the ``m = pos_channels`` channels with one
+    ``Linear(m, 1)`` (``weight`` ``(1, m)``, ``bias`` ``(1,)``). The channels of ``P`` that depend on the key index
+    ``j`` give this bias (the query-index channels are constant along each softmax row); it equals
+    ``borji_positional_encoding(n, m)[i, :num_keys, q:] @ weight[0, q:] + bias`` for any row ``i``, with
+    ``q = positional_split(m)[0]``, but costs O(num_keys * m) and allows a different number of queries and keys.
+    The bias ``b`` cancels in the softmax; it is kept in the sum so that every parameter takes part in the graph
+    (``DistributedDataParallel`` requires it).
+
+    Args:
+        weight: the ``Linear(m, 1)`` weight, shape ``(1, m)``.
+        bias: its bias, shape ``(1,)``.
+        num_keys: number of keys ``n_k``.
+        pos_channels: ``m``.
+        inv_freq: :func:`positional_frequencies` of ``m`` on ``weight``'s device (a module keeps them as a buffer);
+            computed here when ``None``.
+
+    Returns:
+        tensor of shape ``(num_keys,)`` with ``weight``'s dtype and device.
+
+    Raises:
+        ValueError: if ``num_keys`` or ``pos_channels`` is smaller than 1.
+    """
+    if num_keys < 1:
+        raise ValueError(f"num_keys must be >= 1, got {num_keys}.")
+    return _key_position_bias(weight, bias, num_keys, pos_channels, inv_freq)
+
+
+def _key_position_bias(
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    num_keys: int,
+    pos_channels: int,
+    inv_freq: Optional[torch.Tensor] = None,  # noqa: UP045
+) -> torch.Tensor:
+    """:func:`key_position_bias` without the argument check, so that ``num_keys`` may be a traced size."""
+    query_channels, key_channels = positional_split(pos_channels)
+    if inv_freq is None:
+        inv_freq = positional_frequencies(pos_channels).to(device=weight.device, dtype=torch.float32)
+    positions = torch.arange(num_keys, device=inv_freq.device, dtype=inv_freq.dtype)
+    emb = sincos_embedding(positions, inv_freq)[:, :key_channels].to(weight.dtype)
+    return emb @ weight[0, query_channels:] + bias
+
+
+class KVPositionCorrection(nn.Linear):
+    """Borji's KV+Pos correction: the learned ``Linear(m, 1)`` over ``m`` sinusoidal position channels.
+
+    Called as a module it is that ``Linear`` (the literal form ``w . (S + P) + b`` on an ``(..., m)`` tensor, as
+    the tests use it). Attention layers use its exact factorised form instead: the logits are scaled by
+    :meth:`temperature` (``sum_c w_c``) and shifted by :meth:`key_bias` (``g(j) + b``, :func:`key_position_bias`),
+    in O(n) extra memory. It is initialised so that the layer starts as plain KV (temperature 1, zero key bias);
+    Borji's default ``nn.Linear`` initialisation would start with a random temperature of either sign. The
+    sinusoid frequencies are a (non-persistent) buffer, computed once. :class:`KVSelfAttention` and
+    :class:`~kvmonai.networks.blocks.cvt_attention.CvTAttention` share this module, so its parameter names
+    (``pos_proj.weight``, ``pos_proj.bias``) are those of the ``Linear`` both used before.
+
+    Based on: Borji, "Key-Value Transformer", arXiv:2305.19129.
+
+    Args:
+        pos_channels: number ``m`` of sinusoidal channels (Borji: 50).
+
+    Raises:
+        ValueError: if ``pos_channels < 1``.
+    """
+
+    __constants__ = ["pos_channels", "query_channels", "key_channels"]
+
+    def __init__(self, pos_channels: int = 50) -> None:
+        query_channels, key_channels = positional_split(pos_channels)
+        super().__init__(pos_channels, 1)
+        self.pos_channels = pos_channels
+        self.query_channels = query_channels
+        self.key_channels = key_channels
+        with torch.no_grad():  # start as plain KV: temperature sum(w) = 1, key bias g(j) = 0
+            self.weight.zero_()
+            self.weight[0, :query_channels] = 1.0 / query_channels
+            self.bias.zero_()
+        self.register_buffer("inv_freq", positional_frequencies(pos_channels).float(), persistent=False)
+
+    def temperature(self) -> torch.Tensor:
+        """The factor ``sum_c w_c`` on the logits (a 0-d tensor)."""
+        return self.weight.sum()
+
+    def key_bias(self, num_keys: int) -> torch.Tensor:
+        """The per-key logit bias ``g(j) + b`` for ``num_keys`` keys, shape ``(num_keys,)``."""
+        return _key_position_bias(self.weight, self.bias, num_keys, self.pos_channels, self.inv_freq)
+
+    def elementwise_ops(self, num_heads: int, dim_head: int, num_queries: int, num_keys: int) -> int:
+        """Element-wise operations of one application, which MAC counts leave out.
+
+        ``h n_q d_h`` multiplications (temperature), ``n_k (m - m_q)`` MACs (per-key bias) and ``h n_q n_k``
+        additions (bias on the logits).
+        """
+        return num_heads * num_queries * dim_head + num_keys * self.key_channels + num_heads * num_queries * num_keys
+
+
+def routed_sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    dropout_p: float = 0.0,
+    mask: Optional[torch.Tensor] = None,  # noqa: UP045
+    key_bias: Optional[torch.Tensor] = None,  # noqa: UP045
+    training: bool = False,
+) -> torch.Tensor:
+    """``softmax(q k^T * scale + mask + key_bias) v`` through ``scaled_dot_product_attention``, on its fused path.
+
+    The one place where kvmonai's attention layers (:class:`KVSelfAttention`, CvT's attention and
+    :class:`~kvmonai.networks.blocks.KVWindowAttention`) call SDPA. A per-key bias (KV+Pos) that needs a gradient
+    goes in as extra head channels (:func:`append_key_bias`) when there is no other mask, because an additive mask
+    that needs a gradient sends SDPA to its O(n^2)-memory math path; otherwise (eval, or with another mask) it is
+    added to the mask, which the fused kernels take at no extra cost when no gradient flows to it.
+
+    Args:
+        q: queries ``(B, heads, n_q, d)``.
+        k: keys ``(B, heads, n_k, d)``.
+        v: values ``(B, heads, n_k, d_v)``.
+        scale: logit scale.
+        dropout_p: attention dropout (pass 0 in eval).
+        mask: additive float mask broadcastable to ``(B, heads, n_q, n_k)``, or ``None``.
+        key_bias: additive per-key bias ``(n_k,)`` (not divided by ``scale``), or ``None``.
+        training: whether gradients may flow to ``key_bias`` (the module's ``training`` flag).
+
+    Returns:
+        ``(B, heads, n_q, d_v)``.
+    """
+    head = v.shape[-1]
+    if key_bias is not None:
+        if training and mask is None:
+            q, k, v = append_key_bias(q, k, v, key_bias / scale)
+        else:
+            row = key_bias.to(q.dtype).view(1, 1, 1, -1)
+            mask = row if mask is None else mask + row
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+    return out[..., :head]
+
+
 class KVSelfAttention(nn.Module):
     """Multi-head self-attention with a selectable variant; a drop-in replacement for MONAI's ``SABlock``.
 
@@ -211,8 +362,7 @@ class KVSelfAttention(nn.Module):
         pos_channels: int = 50,
     ) -> None:
         super().__init__()
-        if attention not in ATTENTION_VARIANTS:
-            raise ValueError(f"attention must be one of {ATTENTION_VARIANTS}, got {attention!r}.")
+        check_option("attention", attention, ATTENTION_VARIANTS)
         if hidden_size < 1 or num_heads < 1:
             raise ValueError(f"hidden_size and num_heads must be positive, got {hidden_size} and {num_heads}.")
         if not 0.0 <= dropout_rate <= 1.0:
@@ -267,19 +417,7 @@ class KVSelfAttention(nn.Module):
         self.out_proj = nn.Linear(self.inner_dim, self.hidden_input_size) if include_fc else nn.Identity()
         self.drop_output = nn.Dropout(dropout_rate)
 
-        self.pos_proj = None
-        if attention == "kvpos":
-            query_channels, key_channels = positional_split(pos_channels)
-            self.pos_proj = nn.Linear(pos_channels, 1)
-            with torch.no_grad():  # start as plain KV: temperature sum(w) = 1, key bias g(j) = 0
-                self.pos_proj.weight.zero_()
-                self.pos_proj.weight[0, :query_channels] = 1.0 / query_channels
-                self.pos_proj.bias.zero_()
-            self.pos_query_channels = query_channels
-            self.register_buffer("pos_inv_freq", positional_frequencies(pos_channels).float(), persistent=False)
-        else:
-            self.pos_query_channels = 0
-            self.register_buffer("pos_inv_freq", torch.zeros(0), persistent=False)
+        self.pos_proj = KVPositionCorrection(pos_channels) if attention == "kvpos" else None
 
         # same buffer as SABlock's (so state dicts load both ways); an empty, unsaved one without causal
         if causal and sequence_length is not None:
@@ -302,14 +440,8 @@ class KVSelfAttention(nn.Module):
     def key_position_bias(self, num_tokens: int) -> torch.Tensor:
         """The per-key bias ``g(j) + b`` of KV+Pos for a sequence of ``num_tokens`` tokens, shape ``(num_tokens,)``."""
         if self.pos_proj is None:
-            return torch.zeros(num_tokens, device=self.pos_inv_freq.device)
-        positions = torch.arange(num_tokens, device=self.pos_inv_freq.device, dtype=self.pos_inv_freq.dtype)
-        key_weight = self.pos_proj.weight[0, self.pos_query_channels :]
-        emb = sincos_embedding(positions, self.pos_inv_freq)[:, : key_weight.shape[0]]
-        # the bias b is constant along each softmax row and cancels; it is kept in the sum so that every parameter
-        # takes part in the graph (DistributedDataParallel requires it) and the logits equal the literal form's
-        # up to the query-index channels, which cancel in the same way
-        return emb @ key_weight + self.pos_proj.bias
+            return torch.zeros(num_tokens, device=self.causal_mask.device)
+        return self.pos_proj.key_bias(num_tokens)
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
         """
@@ -346,8 +478,8 @@ class KVSelfAttention(nn.Module):
         q_logits = q
         key_bias: Optional[torch.Tensor] = None  # noqa: UP045
         if self.pos_proj is not None:
-            q_logits = q * self.pos_proj.weight.sum().to(q.dtype)
-            key_bias = self.key_position_bias(n).to(q.dtype)
+            q_logits = q * self.pos_proj.temperature().to(q.dtype)
+            key_bias = self.pos_proj.key_bias(n).to(q.dtype)
         if self.causal:
             allowed = self.causal_mask[0, 0, :n, :n] != 0
             causal_bias = torch.zeros(n, n, dtype=q.dtype, device=q.device).masked_fill(~allowed, float("-inf"))
@@ -357,28 +489,23 @@ class KVSelfAttention(nn.Module):
             mask_bias = torch.zeros(b, 1, 1, n, dtype=q.dtype, device=q.device).masked_fill(~keys, float("-inf"))
             bias = mask_bias if bias is None else bias + mask_bias
 
-        # training: the bias as extra head channels (append_key_bias); eval: an additive mask, which SDPA's fused
-        # kernels take at KV's speed when no gradient flows to it
-        fuse_key_bias = key_bias is not None and self.training and bias is None and not self.save_attn
-        if key_bias is not None and not fuse_key_bias:
-            bias = key_bias.view(1, 1, 1, n) if bias is None else bias + key_bias.view(1, 1, 1, n)
         if self.save_attn:
             with torch.no_grad():
                 logits = torch.matmul(q_logits, k.transpose(-1, -2)) * self.scale
                 if bias is not None:
                     logits = logits + bias
+                if key_bias is not None:
+                    logits = logits + key_bias.view(1, 1, 1, n)
                 self.att_mat = logits.softmax(dim=-1).detach()
-
-        if fuse_key_bias and key_bias is not None:
-            # the per-key bias as an extra key channel (see append_key_bias); the padding is sliced off below
-            q_logits, k, v = append_key_bias(q_logits, k, v, key_bias / self.scale)
-        out = F.scaled_dot_product_attention(
+        out = routed_sdpa(
             q_logits,
             k,
             v,
-            attn_mask=bias,
+            self.scale,
             dropout_p=self.dropout_rate if self.training else 0.0,
-            scale=self.scale,
-        )[..., : self.dim_head]
+            mask=bias,
+            key_bias=key_bias,
+            training=self.training and not self.save_attn,
+        )
         out = out.to(out_dtype).transpose(1, 2).reshape(b, n, self.inner_dim)
         return self.drop_output(self.out_proj(out))

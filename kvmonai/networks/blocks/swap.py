@@ -9,6 +9,7 @@ from torch import nn
 
 from kvmonai.networks.blocks.kv_attention import ATTENTION_VARIANTS, KVSelfAttention
 from kvmonai.networks.blocks.window_attention import KVWindowAttention
+from kvmonai.utils import check_option
 
 __all__ = ["convert_attention", "convert_window_attention", "swap_attention"]
 
@@ -52,8 +53,7 @@ def convert_attention(block: nn.Module, attention: str, pos_channels: int = 50) 
     """
     if not isinstance(block, (SABlock, KVSelfAttention)):
         raise TypeError(f"convert_attention expects an SABlock or KVSelfAttention, got {type(block).__name__}.")
-    if attention not in ATTENTION_VARIANTS:
-        raise ValueError(f"attention must be one of {ATTENTION_VARIANTS}, got {attention!r}.")
+    check_option("attention", attention, ATTENTION_VARIANTS)
     proj = _projections(block)
     has_bias = proj["k"][1] is not None
     new = KVSelfAttention(
@@ -163,8 +163,7 @@ def swap_attention(module: nn.Module, attention: str, pos_channels: int = 50) ->
             ``module`` holds no attention block at all.
         TypeError: if ``module`` is itself an attention block.
     """
-    if attention not in ATTENTION_VARIANTS:
-        raise ValueError(f"attention must be one of {ATTENTION_VARIANTS}, got {attention!r}.")
+    check_option("attention", attention, ATTENTION_VARIANTS)
     kinds = (SABlock, KVSelfAttention, WindowAttention)
     if isinstance(module, kinds):
         raise TypeError(

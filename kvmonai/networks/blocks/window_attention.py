@@ -5,14 +5,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from monai.networks.nets.swin_unetr import WindowAttention
 from torch import nn
 
-__all__ = ["WINDOW_ATTENTION_VARIANTS", "KVWindowAttention"]
+from kvmonai.networks.blocks.kv_attention import routed_sdpa
+from kvmonai.utils import check_option
+
+__all__ = ["WINDOW_ATTENTION_VARIANTS", "WINDOW_KVPOS_NOTE", "KVWindowAttention"]
 
 #: variants of window attention; KV+Pos is not defined for shifted windows (see :class:`KVWindowAttention`)
 WINDOW_ATTENTION_VARIANTS: tuple[str, ...] = ("qkv", "kv")
+#: why window attention has no KV+Pos (appended to the error for ``"kvpos"``)
+WINDOW_KVPOS_NOTE = (
+    "Its relative position bias is kept in both variants, and KV+Pos's 1D token-index encoding does not apply to "
+    "shifted windows."
+)
 
 
 class KVWindowAttention(WindowAttention):
@@ -56,12 +63,7 @@ class KVWindowAttention(WindowAttention):
         use_flash_attention: bool = False,
         attention: str = "kv",
     ) -> None:
-        if attention not in WINDOW_ATTENTION_VARIANTS:
-            raise ValueError(
-                f"window attention must be one of {WINDOW_ATTENTION_VARIANTS}, got {attention!r} "
-                "(KV+Pos indexes the 1D token sequence and does not apply to shifted windows, which keep their "
-                "relative position bias)."
-            )
+        check_option("attention", attention, WINDOW_ATTENTION_VARIANTS, WINDOW_KVPOS_NOTE)
         super().__init__(dim, num_heads, window_size, qkv_bias, attn_drop, proj_drop, use_flash_attention)
         self.attention = attention
         self.head_dim = dim // num_heads
@@ -91,12 +93,6 @@ class KVWindowAttention(WindowAttention):
             nw = mask.shape[0]
             bias = (bias.unsqueeze(1) + mask.reshape(1, nw, 1, n, n)).expand(b // nw, nw, self.num_heads, n, n)
             bias = bias.reshape(b, self.num_heads, n, n)
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=bias.to(q.dtype),
-            dropout_p=self.attn_drop_rate if self.training else 0.0,
-            scale=self.scale,
-        )
+        dropout = self.attn_drop_rate if self.training else 0.0
+        out = routed_sdpa(q, k, v, self.scale, dropout_p=dropout, mask=bias.to(q.dtype))
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))

@@ -11,6 +11,7 @@ from monai.utils import ensure_tuple_rep
 from torch import nn
 
 from kvmonai.networks.blocks import ATTENTION_VARIANTS, KVTransformerBlock
+from kvmonai.utils import check_option
 
 __all__ = ["DECODERS", "PRESETS", "SETR"]
 
@@ -126,10 +127,8 @@ class SETR(nn.Module):
     ) -> None:
         super().__init__()
         img = ensure_tuple_rep(img_size, 2)
-        if attention not in ATTENTION_VARIANTS:
-            raise ValueError(f"attention must be one of {ATTENTION_VARIANTS}, got {attention!r}.")
-        if decoder not in DECODERS:
-            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}.")
+        check_option("attention", attention, ATTENTION_VARIANTS)
+        check_option("decoder", decoder, DECODERS)
         if in_channels < 1 or out_channels < 1:
             raise ValueError(f"in_channels and out_channels must be positive, got {in_channels}, {out_channels}.")
         if patch_size < 1 or any(s % patch_size for s in img):

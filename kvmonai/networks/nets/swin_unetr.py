@@ -7,7 +7,8 @@ from typing import Any
 
 from monai.networks.nets import SwinUNETR
 
-from kvmonai.networks.blocks import WINDOW_ATTENTION_VARIANTS, swap_attention
+from kvmonai.networks.blocks import WINDOW_ATTENTION_VARIANTS, WINDOW_KVPOS_NOTE, swap_attention
+from kvmonai.utils import check_option
 
 __all__ = ["PRESETS", "KVSwinUNETR"]
 
@@ -57,11 +58,7 @@ class KVSwinUNETR(SwinUNETR):
         attention: str = "qkv",
         **kwargs: Any,
     ) -> None:
-        if attention not in WINDOW_ATTENTION_VARIANTS:
-            raise ValueError(
-                f"SwinUNETR supports attention {WINDOW_ATTENTION_VARIANTS}, got {attention!r}: its relative position "
-                "bias is kept in both, and KV+Pos's 1D token-index encoding does not apply to shifted windows."
-            )
+        check_option("attention", attention, WINDOW_ATTENTION_VARIANTS, WINDOW_KVPOS_NOTE)
         sizes = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         if len(sizes) != 2 or any(s % 32 for s in sizes):
             raise ValueError(f"img_size must be two sides divisible by 32 (SwinUNETR's 5 halvings), got {img_size}.")

@@ -35,6 +35,7 @@ from torch import nn
 
 from kvmonai.networks.blocks.kv_attention import ATTENTION_VARIANTS
 from kvmonai.networks.blocks.transformerblock import KVTransformerBlock
+from kvmonai.utils import check_option
 
 __all__ = ["PRESETS", "ResNetV2Bottleneck", "ResNetV2Encoder", "StdConv2d", "TransUNet"]
 
@@ -311,8 +312,7 @@ class TransUNet(nn.Module):
         save_attn: bool = False,
     ) -> None:
         super().__init__()
-        if attention not in ATTENTION_VARIANTS:
-            raise ValueError(f"attention must be one of {ATTENTION_VARIANTS}, got {attention!r}.")
+        check_option("attention", attention, ATTENTION_VARIANTS)
         if in_channels < 1 or out_channels < 1:
             raise ValueError(f"in_channels and out_channels must be positive, got {in_channels} and {out_channels}.")
         size = tuple(int(s) for s in ensure_tuple_rep(img_size, 2))

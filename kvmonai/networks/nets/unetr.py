@@ -8,6 +8,7 @@ from typing import Any
 from monai.networks.nets import UNETR
 
 from kvmonai.networks.blocks import ATTENTION_VARIANTS, swap_attention
+from kvmonai.utils import check_option
 
 __all__ = ["PRESETS", "KVUNETR"]
 
@@ -61,8 +62,7 @@ class KVUNETR(UNETR):
         qkv_bias: bool = True,
         **kwargs: Any,
     ) -> None:
-        if attention not in ATTENTION_VARIANTS:
-            raise ValueError(f"attention must be one of {ATTENTION_VARIANTS}, got {attention!r}.")
+        check_option("attention", attention, ATTENTION_VARIANTS)
         sizes = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         if len(sizes) != 2 or any(s % 16 for s in sizes):
             raise ValueError(f"img_size must be two sides divisible by 16 (UNETR's patch size), got {img_size}.")

@@ -218,3 +218,21 @@ def test_bad_arguments(kwargs, message):
     args = {"in_channels": 3, "out_channels": 3, "img_size": 32, **TINY, **kwargs}
     with pytest.raises(ValueError, match=message):
         CvTUNet(**args)
+
+
+@pytest.mark.parametrize("kv_mode", KV_MODES)
+def test_kvpos_elementwise_ops_cover_cvt(kv_mode):
+    """Every CvT KV+Pos layer is counted, with its own query and key numbers (the keys are strided)."""
+    from kvmonai.complexity import kvpos_elementwise_ops
+
+    net = CvTUNet(1, 3, 64, attention="kvpos", kv_mode=kv_mode, **TINY)
+    expected = 0
+    for stage, side in ((net.stage1, 16), (net.stage2, 8), (net.stage3, 4)):  # 1/4, 1/8, 1/16 of 64
+        strided = ((side + 1) // 2) ** 2
+        n_q, n_k = {"full_res": (side**2, side**2), "down_up": (strided, strided)}.get(kv_mode, (side**2, strided))
+        for block in stage.blocks:
+            a = block.attn
+            expected += a.num_heads * n_q * a.dim_head + n_k * 24 + a.num_heads * n_q * n_k
+    assert kvpos_elementwise_ops(net, input_shape=(1, 1, 64, 64)) == expected
+    with pytest.raises(ValueError, match="pass input_shape"):
+        kvpos_elementwise_ops(net, 256)
