@@ -1,15 +1,30 @@
-"""Helpers shared across kvmonai: atomic file output (write to a temporary file, then rename) and figures."""
+"""Helpers shared across kvmonai: atomic file output (write to a temporary file, then rename), CSV and markdown
+tables, command-line integer lists and figures."""
 
 from __future__ import annotations
 
+import argparse
+import csv
+import io
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["as_flag", "atomic_output", "lazy_exports", "pyplot", "save_figure", "write_text_atomic"]
+__all__ = [
+    "as_flag",
+    "atomic_output",
+    "check_option",
+    "csv_text",
+    "int_list",
+    "lazy_exports",
+    "markdown_table",
+    "pyplot",
+    "save_figure",
+    "write_text_atomic",
+]
 
 
 @contextmanager
@@ -38,6 +53,102 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         f.write(text)
     return Path(path)
+
+
+def csv_text(rows: Iterable[Mapping[str, Any]], fields: Sequence[str] | None = None) -> str:
+    """CSV text of ``rows``: a header line, then one line per row; ``"\\n"`` line ends, fields quoted where needed.
+
+    ``None`` values and keys a row lacks are written as empty fields; no columns at all (no rows and no ``fields``)
+    give an empty text. Write the text with :func:`write_text_atomic`.
+
+    Args:
+        rows: one mapping (column -> value) per line.
+        fields: the columns, in order; default: every key of ``rows``, in the order of first appearance.
+
+    Raises:
+        ValueError: when a row holds a key missing from ``fields``.
+    """
+    if fields is None:
+        rows = list(rows)
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+    if not fields:
+        return ""
+    known = set(fields)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(fields), restval="", lineterminator="\n")
+    writer.writeheader()
+    for i, row in enumerate(rows):  # one at a time: with ``fields`` given, ``rows`` may be a generator
+        extra = [k for k in row if k not in known]
+        if extra:
+            raise ValueError(f"csv_text: row {i} has columns {extra} that are not in fields; add them to fields.")
+        writer.writerow(row)
+    return buffer.getvalue()
+
+
+_ALIGN = {"left": "---", "right": "---:", "center": ":---:"}
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: Sequence[str] | None = None) -> str:
+    """A GitHub markdown table: ``| a | b |`` lines, the separator line after the header; no final newline.
+
+    Cells are written with ``str``; a ``|`` inside a cell is escaped (``\\|``) so it cannot split the cell.
+
+    Args:
+        header: the column titles.
+        rows: the cells of each line, one per column.
+        align: per column ``"left"`` (the markdown default, written ``---``), ``"right"`` (``---:``) or
+            ``"center"`` (``:---:``); default: every column left.
+
+    Raises:
+        ValueError: when ``align`` or a row does not have one entry per column, or an alignment is unknown.
+    """
+    align = ["left"] * len(header) if align is None else list(align)
+    if len(align) != len(header):
+        raise ValueError(f"markdown_table: {len(header)} columns but {len(align)} alignments; give one per column.")
+    unknown = sorted(set(align) - set(_ALIGN))
+    if unknown:
+        raise ValueError(f"markdown_table: unknown alignment {unknown}; use {', '.join(_ALIGN)}.")
+
+    def line(cells: Sequence[Any]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    lines = [line(header), "|" + "".join(f"{_ALIGN[a]}|" for a in align)]
+    for i, cells in enumerate(rows):
+        cells = list(cells)
+        if len(cells) != len(header):
+            raise ValueError(
+                f"markdown_table: row {i} has {len(cells)} cells for {len(header)} columns; give one per column."
+            )
+        lines.append(line(cells))
+    return "\n".join(lines)
+
+
+def int_list(name: str, minimum: int | None = None) -> Callable[[str], list[int]]:
+    """An argparse ``type`` for comma-separated integers such as ``0,1,2``, e.g. ``type=int_list("--folds")``.
+
+    Args:
+        name: the option, named in the error message.
+        minimum: the smallest value allowed (default: no limit).
+
+    Returns:
+        a function from the option's text to the list of integers; it raises ``argparse.ArgumentTypeError``
+        (which argparse reports as a usage error) naming ``name`` for an empty item, a non-integer or a value
+        below ``minimum``.
+    """
+
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated integers for {name}, such as 0,1,2, got {text!r}."
+            ) from None
+        if minimum is not None and any(v < minimum for v in values):
+            raise argparse.ArgumentTypeError(f"expected integers >= {minimum} for {name}, got {text!r}.")
+        return values
+
+    parse.__name__ = f"int_list({name})"  # argparse names the type in some of its messages
+    return parse
 
 
 def pyplot() -> Any:
@@ -87,10 +198,20 @@ def lazy_exports(
     return module_getattr, module_dir
 
 
-def as_flag(name: str, value: object) -> bool:
-    """A boolean setting from a bundle config or command line: ``True``/``False`` or the strings true/false/1/0.
+_TRUE_WORDS = ("true", "t", "yes", "y", "on", "1")
+_FALSE_WORDS = ("false", "f", "no", "n", "off", "0")
 
-    ``python -m monai.bundle run --mlflow false`` passes the *string* ``"false"``, which Python would call true.
+
+def as_flag(name: str, value: object) -> bool:
+    """A boolean setting from a bundle config, a command line or a MONAI Label request.
+
+    ``python -m monai.bundle run --mlflow false`` passes the *string* ``"false"``, which Python would call true; so do
+    MONAI Label clients. Accepted: ``True``/``False``, the integers 1/0 and, in any case, the words of
+    ``distutils.util.strtobool`` (true/t/yes/y/on/1 and false/f/no/n/off/0).
+
+    Args:
+        name: the setting's name, for the error message.
+        value: the value to read.
 
     Raises:
         ValueError: for anything else, naming the setting.
@@ -98,8 +219,28 @@ def as_flag(name: str, value: object) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
-    if text in ("true", "1", "yes"):
+    if text in _TRUE_WORDS:
         return True
-    if text in ("false", "0", "no"):
+    if text in _FALSE_WORDS:
         return False
     raise ValueError(f"{name} must be true or false, got {value!r}.")
+
+
+def check_option(name: str, value: Any, allowed: Sequence[Any], hint: str = "") -> Any:
+    """Return ``value`` if it is one of ``allowed``, else raise an error that names the argument and its choices.
+
+    The one option check of kvmonai's constructors and factories. MONAI's ``look_up_option`` serves the same purpose
+    but its message does not name the argument, which is what a user reading a bundle config needs.
+
+    Args:
+        name: the argument's name, as the user writes it (``"attention"``, ``"kv_mode"``...).
+        value: the given value.
+        allowed: the accepted values.
+        hint: a sentence appended to the message (why a value is missing, what to do).
+
+    Raises:
+        ValueError: ``"<name> must be one of (...), got <value>."`` followed by ``hint``.
+    """
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}." + (f" {hint}" if hint else ""))
+    return value

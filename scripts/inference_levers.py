@@ -17,20 +17,9 @@ import warnings
 
 import torch
 
-from kvmonai.benchmark.timing import time_interleaved
+from kvmonai.benchmark.timing import gemm_throughput, time_interleaved
 from kvmonai.inference import optimize_for_inference
 from kvmonai.networks import ARCHITECTURES, create
-
-
-def gemm_throughput(dtype: torch.dtype, m: int = 4096, k: int = 768, n: int = 3072, repeats: int = 20) -> float:
-    """GFLOP/s of a ViT-B MLP-sized matrix product: the ceiling the networks' linear layers can reach."""
-    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * m * k * n * repeats / (time.perf_counter() - start) / 1e9
 
 
 def main() -> None:

@@ -17,13 +17,16 @@ from kvmonai.utils import as_flag, write_text_atomic
 
 __all__ = ["SETTINGS", "CaseResult", "benchmark_case", "synthetic_case"]
 
-#: inference settings compared, as overrides of the bundle's ``precision``, ``channels_last`` and ``fuse``: the fp32
-#: eager baseline, the levers one by one, and ``fast``, the bundle's own defaults
+#: inference settings compared, as overrides of the bundle's ``runtime``, ``precision``, ``channels_last`` and
+#: ``fuse``: the fp32 eager baseline, the levers one by one, ``fast`` (the bundle's own defaults), and OpenVINO in its
+#: default precision (bf16 where native, else fp32) and in int8
 SETTINGS: dict[str, dict[str, object]] = {
     "fp32": {"precision": "fp32", "channels_last": False, "fuse": False},
     "bf16": {"precision": "bf16", "channels_last": False, "fuse": False},
     "bf16+cl": {"precision": "bf16", "channels_last": True, "fuse": False},
     "fast": {},
+    "openvino": {"runtime": "openvino", "precision": "auto"},
+    "openvino-int8": {"runtime": "openvino", "precision": "int8"},
 }
 
 
@@ -36,6 +39,7 @@ class CaseResult:
     attention: str
     preset: str
     setting: str
+    runtime: str
     precision: str
     channels_last: bool
     fuse: bool
@@ -100,12 +104,44 @@ def _run_bundle(
     )
     workflow.evaluator  # noqa: B018 - parse the config and build the network before the clock starts
     setup = time.perf_counter() - start
-    resolved = {key: workflow.parser.get_parsed_content(key) for key in ("precision", "channels_last", "fuse")}
+    resolved = {
+        key: workflow.parser.get_parsed_content(key) for key in ("runtime", "precision", "channels_last", "fuse")
+    }
     start = time.perf_counter()
     workflow.run()
     elapsed = time.perf_counter() - start
     workflow.finalize()
     return setup, elapsed, resolved
+
+
+def _int8_for_speed(root: Path, case: Path, preset: str, size: int) -> None:
+    """Quantise the bundle copy's (random) network for the speed runs, calibrated on slices of the benchmark case.
+
+    No accuracy guard: the weights are random, so only the speed of the int8 model means anything here; ``kvmonai
+    quantize`` is the path that checks accuracy on a trained network.
+    """
+    import tempfile
+
+    import openvino as ov
+
+    from kvmonai.inference.quantize import bundle_network, calibration_batches, install_int8_model, quantize_network
+    from kvmonai.inference.runtime import INT8_MODEL_NAME, convert_to_openvino, network_fingerprint
+
+    parser, network = bundle_network(root, {"preset": preset, "img_size": size})
+    batch = int(parser.get_parsed_content("inferer").sw_batch_size)
+    shape = [batch, int(parser.get_parsed_content("in_channels")), size, size]
+    batches, slices, _ = calibration_batches(parser, [{"image": str(case)}], 32, shape[0], seed=0)
+    int8 = quantize_network(convert_to_openvino(network, shape), batches)
+    staging = Path(tempfile.mkdtemp(dir=root / "models", prefix=".int8."))
+    try:
+        ov.save_model(int8, staging / f"{INT8_MODEL_NAME}.xml", compress_to_fp16=False)
+        record = {
+            "fingerprint": network_fingerprint(network, shape),
+            "purpose": f"speed benchmark only: random weights, calibrated on {slices} slices of the benchmark case",
+        }
+        install_int8_model(root / "models", staging, record)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def benchmark_case(
@@ -145,7 +181,7 @@ def benchmark_case(
     from tqdm.auto import tqdm
 
     from kvmonai.bundle.checkpoint import save_atomic
-    from kvmonai.inference import autocast_dtype
+    from kvmonai.inference import autocast_dtype, openvino_precision
     from kvmonai.networks import PRESET_IMG_SIZE, create
 
     unknown = [s for s in settings if s not in SETTINGS]
@@ -169,9 +205,13 @@ def benchmark_case(
         save_atomic(create(arch, attention, preset, img_size=size).state_dict(), root / "models" / "model.pt")
         reference: tuple[float, Path] | None = None
 
-        # one short untimed run first: imports and readers a first run would otherwise charge to the baseline
+        if "openvino-int8" in settings:
+            _int8_for_speed(root, image, preset, size)
+        # one short untimed run first: imports and readers a first run would otherwise charge to the baseline; and
+        # one per OpenVINO setting, which converts (or quantises) the network once, as a deployment does
         warm = work / "predictions" / name / "warmup"
-        _run_bundle(root, warmup_case, warm, preset, size, device, SETTINGS[settings[0]])
+        for setting in dict.fromkeys([settings[0], *[s for s in settings if "runtime" in SETTINGS[s]]]):
+            _run_bundle(root, warmup_case, warm, preset, size, device, SETTINGS[setting])
         for setting in settings:
             options = SETTINGS[setting]
             out_dir = work / "predictions" / name / setting
@@ -180,14 +220,20 @@ def benchmark_case(
             dice = None if reference is None else _mask_dice(reference[1], mask)
             if reference is None:
                 reference = (elapsed, mask)
-            dtype = autocast_dtype(str(resolved["precision"]), device)
+            runtime = str(resolved["runtime"])
+            if runtime == "openvino":
+                precision = "int8" if resolved["precision"] == "int8" else openvino_precision(resolved["precision"])[0]
+            else:
+                dtype = autocast_dtype(str(resolved["precision"]), device)
+                precision = "fp32" if dtype is None else str(dtype).replace("torch.", "")
             results.append(
                 CaseResult(
                     arch=arch,
                     attention=attention,
                     preset=preset,
                     setting=setting,
-                    precision="fp32" if dtype is None else str(dtype).replace("torch.", ""),
+                    runtime=runtime,
+                    precision=precision.replace("f32", "fp32"),
                     channels_last=as_flag("channels_last", resolved["channels_last"]),
                     fuse=as_flag("fuse", resolved["fuse"]),
                     slices=slices,

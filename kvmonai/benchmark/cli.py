@@ -7,19 +7,11 @@ import shlex
 import sys
 from pathlib import Path
 
+from kvmonai.utils import int_list
+
 __all__ = ["add_arguments", "run"]
 
 SUITES = ("models", "attention", "case")
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}.") from None
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}.")
-    return values
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,17 +37,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak TFLOP/s for the MFU column "
                         "(default: data-sheet bf16 peak of known GPUs with --bf16; none on CPU)")  # fmt: skip
-    parser.add_argument("--tokens", type=_int_list, default=None,
+    parser.add_argument("--tokens", type=int_list("--tokens", minimum=1), default=None,
                         help="token counts of the attention suite (default: 196,576,1024,2304,4096)")  # fmt: skip
     parser.add_argument("--hidden", type=int, default=768, help="attention suite: hidden size (default: 768)")
     parser.add_argument("--heads", type=int, default=12, help="attention suite: heads (default: 12)")
     parser.add_argument("--case-preset", default="paper", choices=PRESETS, help="case suite: network sizes "
                         "(default: paper)")  # fmt: skip
-    parser.add_argument("--case-attention", default="kv", choices=("qkv", "kv", "kvpos"),
-                        help="case suite: attention variant (default: kv)")  # fmt: skip
+    parser.add_argument("--case-attention", nargs="+", default=["kv"], choices=("qkv", "kv", "kvpos"),
+                        help="case suite: attention variants (default: kv)")  # fmt: skip
     parser.add_argument("--case-settings", nargs="+", choices=list(SETTINGS), default=["fp32", "fast"],
                         help="case suite: settings, the first is the reference (default: fp32 fast; "
-                        "'bf16' and 'bf16+cl' isolate the levers)")  # fmt: skip
+                        "'bf16' and 'bf16+cl' isolate the levers; 'openvino', 'openvino-int8': OpenVINO)")  # fmt: skip
     parser.add_argument("--case-slices", type=int, default=144, help="case suite: slices (default: 144)")
     parser.add_argument("--out", type=Path, default=Path("results/benchmark"), help="output folder "
                         "(default: results/benchmark)")  # fmt: skip
@@ -71,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from kvmonai.benchmark.case import benchmark_case
     from kvmonai.benchmark.models import benchmark_models
     from kvmonai.benchmark.report import write_benchmark_report
+    from kvmonai.networks import attentions_for
 
     if args.repeats < 1 or args.warmup < 0:
         raise SystemExit(f"--repeats must be >= 1 and --warmup >= 0 (got {args.repeats}, {args.warmup}).")
@@ -102,13 +95,15 @@ def run(args: argparse.Namespace) -> int:
             ]  # fmt: skip
     if "case" in args.suites:
         bundles = args.bundles or Path(__file__).resolve().parents[2] / "bundles"
-        case = [
-            r.as_row()
-            for r in benchmark_case(
-                args.archs, args.case_attention, args.case_preset, args.case_settings, args.out / "case", bundles,
-                args.case_slices, devices[-1], progress,
-            )
-        ]  # fmt: skip
+        for variant in args.case_attention:
+            archs = [a for a in args.archs if variant in attentions_for(a)]
+            case += [
+                r.as_row()
+                for r in benchmark_case(
+                    archs, variant, args.case_preset, args.case_settings, args.out / "case", bundles,
+                    args.case_slices, devices[-1], progress,
+                )
+            ]  # fmt: skip
     command = "kvmonai " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[1:]))
     report = write_benchmark_report(args.out, command, models, attention, case)
     sys.stdout.write(report.read_text())

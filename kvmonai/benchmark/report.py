@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import platform
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kvmonai.utils import pyplot, save_figure, write_text_atomic
+from kvmonai.utils import csv_text, markdown_table, pyplot, save_figure, write_text_atomic
 
 __all__ = ["machine_description", "write_benchmark_report"]
 
@@ -38,75 +36,79 @@ def machine_description() -> str:
     return "; ".join(parts)
 
 
-def _csv(rows: Sequence[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
 def _pct(r: float) -> str:
     return f"{100 * (r - 1):+.1f} %"
 
 
-def _models_md(rows: Sequence[dict[str, Any]]) -> list[str]:
-    lines = [
-        "| device | pair | params | GMACs | latency b1 (ms) | vs QKV (min–max) | slices/s (b16) | vs QKV | "
-        "train step (ms) | vs QKV | train TFLOP/s (MFU) | peak fwd / train (MiB) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+def _models_md(rows: Sequence[dict[str, Any]]) -> str:
+    header = (
+        "device", "pair", "params", "GMACs", "latency b1 (ms)", "vs QKV (min–max)", "slices/s (b16)", "vs QKV",
+        "train step (ms)", "vs QKV", "train TFLOP/s (MFU)", "peak fwd / train (MiB)",
+    )  # fmt: skip
+    cells = []
     for r in rows:
-        mem = "n/a" if r["peak_forward_mb"] is None else f"{r['peak_forward_mb']:.0f} / {r['peak_train_mb']:.0f}"
         twin = r["attention"] == "qkv"
-        lines.append(
-            f"| {r['device']} | {r['arch']}_{r['attention']} | {r['params']:,} | {r['macs'] / 1e9:.3f} | "
-            f"{r['latency_ms']:.1f} ± {r['latency_iqr_ms'] / 2:.1f} | "
-            + (
-                "–"
-                if twin
-                else f"{_pct(r['latency_ratio'])} ({_pct(r['latency_ratio_min'])}…{_pct(r['latency_ratio_max'])})"
+        latency_vs = f"{_pct(r['latency_ratio'])} ({_pct(r['latency_ratio_min'])}…{_pct(r['latency_ratio_max'])})"
+        mfu = "" if r["mfu"] is None else f" ({100 * r['mfu']:.0f} %)"
+        cells.append(
+            (
+                r["device"],
+                f"{r['arch']}_{r['attention']}",
+                f"{r['params']:,}",
+                f"{r['macs'] / 1e9:.3f}",
+                f"{r['latency_ms']:.1f} ± {r['latency_iqr_ms'] / 2:.1f}",
+                "–" if twin else latency_vs,
+                f"{r['throughput_slices_s']:.1f}",
+                "–" if twin else _pct(1 / r["throughput_ratio"]),
+                f"{r['train_step_ms']:.0f} ± {r['train_step_iqr_ms'] / 2:.0f}",
+                "–" if twin else _pct(r["train_ratio"]),
+                f"{r['train_tflops']:.3f}{mfu}",
+                "n/a" if r["peak_forward_mb"] is None else f"{r['peak_forward_mb']:.0f} / {r['peak_train_mb']:.0f}",
             )
-            + f" | {r['throughput_slices_s']:.1f} | "
-            + ("–" if twin else _pct(1 / r["throughput_ratio"]))
-            + f" | {r['train_step_ms']:.0f} ± {r['train_step_iqr_ms'] / 2:.0f} | "
-            + ("–" if twin else _pct(r["train_ratio"]))
-            + f" | {r['train_tflops']:.3f}"
-            + ("" if r["mfu"] is None else f" ({100 * r['mfu']:.0f} %)")
-            + f" | {mem} |"
         )
-    return lines
+    return markdown_table(header, cells, ["left"] * 2 + ["right"] * 10)
 
 
-def _attention_md(rows: Sequence[dict[str, Any]]) -> list[str]:
-    lines = [
-        "| device | n | variant | forward (ms) | fwd vs QKV | fwd vs KV | fwd+bwd (ms) | vs QKV | vs KV |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+def _attention_md(rows: Sequence[dict[str, Any]]) -> str:
+    header = ("device", "n", "variant", "forward (ms)", "fwd vs QKV", "fwd vs KV", "fwd+bwd (ms)", "vs QKV", "vs KV")
+    cells = [
+        (
+            r["device"],
+            r["tokens"],
+            r["attention"],
+            f"{r['forward_ms']:.2f}",
+            _pct(r["forward_vs_qkv"]),
+            _pct(r["forward_vs_kv"]),
+            f"{r['backward_ms']:.2f}",
+            _pct(r["backward_vs_qkv"]),
+            _pct(r["backward_vs_kv"]),
+        )
+        for r in rows
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['device']} | {r['tokens']} | {r['attention']} | {r['forward_ms']:.2f} | "
-            f"{_pct(r['forward_vs_qkv'])} | {_pct(r['forward_vs_kv'])} | {r['backward_ms']:.2f} | "
-            f"{_pct(r['backward_vs_qkv'])} | "
-            f"{_pct(r['backward_vs_kv'])} |"
+    return markdown_table(header, cells, ["left", "right", "left"] + ["right"] * 6)
+
+
+def _case_md(rows: Sequence[dict[str, Any]]) -> str:
+    header = (
+        "bundle", "setting", "runtime", "precision", "channels-last", "fused", "case (s)", "ms/slice", "speed-up",
+        "mask Dice vs first",
+    )  # fmt: skip
+    cells = [
+        (
+            f"{r['arch']}_{r['attention']} ({r['preset']})",
+            r["setting"],
+            r.get("runtime", "torch"),
+            r["precision"],
+            "yes" if r["channels_last"] else "no",
+            "yes" if r["fuse"] else "no",
+            f"{r['case_s']:.1f}",
+            f"{r['per_slice_ms']:.1f}",
+            f"{r['speedup']:.2f}×",
+            "–" if r["mask_dice_vs_fp32"] is None else f"{r['mask_dice_vs_fp32']:.4f}",
         )
-    return lines
-
-
-def _case_md(rows: Sequence[dict[str, Any]]) -> list[str]:
-    lines = [
-        "| bundle | setting | precision | channels-last | fused | case (s) | ms/slice | speed-up "
-        "| mask Dice vs first |",
-        "|---|---|---|---|---|---:|---:|---:|---:|",
+        for r in rows
     ]
-    for r in rows:
-        dice = "–" if r["mask_dice_vs_fp32"] is None else f"{r['mask_dice_vs_fp32']:.4f}"
-        lines.append(
-            f"| {r['arch']}_{r['attention']} ({r['preset']}) | {r['setting']} | {r['precision']} | "
-            f"{'yes' if r['channels_last'] else 'no'} | {'yes' if r['fuse'] else 'no'} | {r['case_s']:.1f} | "
-            f"{r['per_slice_ms']:.1f} | {r['speedup']:.2f}× | {dice} |"
-        )
-    return lines
+    return markdown_table(header, cells, ["left"] * 6 + ["right"] * 4)
 
 
 def _plot_models(rows: Sequence[dict[str, Any]], path: Path) -> None:
@@ -200,17 +202,17 @@ def write_benchmark_report(
         "",
     ]
     if models:
-        write_text_atomic(out / "models.csv", _csv(models))
+        write_text_atomic(out / "models.csv", csv_text(models))
         _plot_models(models, out / "models.png")
-        lines += ["## Networks", "", *_models_md(models), "", "![networks](models.png)", ""]
+        lines += ["## Networks", "", _models_md(models), "", "![networks](models.png)", ""]
     if attention:
-        write_text_atomic(out / "attention.csv", _csv(attention))
+        write_text_atomic(out / "attention.csv", csv_text(attention))
         _plot_attention(attention, out / "attention.png")
-        lines += ["## Attention block", "", *_attention_md(attention), "", "![attention](attention.png)", ""]
+        lines += ["## Attention block", "", _attention_md(attention), "", "![attention](attention.png)", ""]
     if case:
-        write_text_atomic(out / "case.csv", _csv(case))
+        write_text_atomic(out / "case.csv", csv_text(case))
         _plot_case(case, out / "case.png")
-        lines += ["## Whole-case inference", "", *_case_md(case), "", "![case](case.png)", ""]
+        lines += ["## Whole-case inference", "", _case_md(case), "", "![case](case.png)", ""]
     report = out / "report.md"
     write_text_atomic(report, "\n".join(lines))
     return report

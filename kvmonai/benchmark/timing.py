@@ -14,6 +14,8 @@ __all__ = [
     "autocast",
     "device_name",
     "forward_call",
+    "gemm_throughput",
+    "openvino_gemm_throughput",
     "peak_memory",
     "ratio",
     "synchronize",
@@ -144,3 +146,49 @@ def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") ->
         if str(kind) in ("_MemRefType.PARAM", "_MemRefType.BUFFER")
     )
     return int(total - params)
+
+
+def gemm_throughput(dtype: torch.dtype, m: int = 4096, k: int = 768, n: int = 3072, repeats: int = 20) -> float:
+    """GFLOP/s of a ViT-B MLP-sized torch matrix product: the ceiling the networks' linear layers can reach."""
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * m * k * n * repeats / (time.perf_counter() - start) / 1e9
+
+
+def openvino_gemm_throughput(
+    precision: str, m: int = 4096, k: int = 768, n: int = 3072, repeats: int = 20, seed: int = 0
+) -> float:
+    """GFLOP/s of the same matrix product on OpenVINO's CPU plugin: ``"f32"``, ``"bf16"`` or ``"int8"``.
+
+    ``"int8"`` quantises the one-layer model with NNCF (activations and weights int8, as in a quantised network);
+    ``"bf16"`` on a CPU without native bf16 runs in fp32, since OpenVINO does not emulate it.
+
+    Raises:
+        ValueError: for another precision.
+    """
+    import numpy as np
+    import openvino as ov
+
+    if precision not in ("f32", "bf16", "int8"):
+        raise ValueError(f"precision must be 'f32', 'bf16' or 'int8', got {precision!r}.")
+    rng = np.random.default_rng(seed)
+    x = ov.opset13.parameter([m, k], ov.Type.f32, name="x")
+    w = ov.opset13.constant(rng.standard_normal((k, n)).astype(np.float32))
+    model = ov.Model([ov.opset13.matmul(x, w, False, False)], [x], "gemm")
+    data = rng.standard_normal((m, k)).astype(np.float32)
+    if precision == "int8":
+        import nncf
+
+        model = nncf.quantize(model, nncf.Dataset([data]), subset_size=1)
+    config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32", "PERFORMANCE_HINT": "LATENCY"}
+    compiled = ov.Core().compile_model(model, "CPU", config)
+    for _ in range(3):
+        compiled(data)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        compiled(data)
+    return 2 * m * k * n * repeats / (time.perf_counter() - start) / 1e9

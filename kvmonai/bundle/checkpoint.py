@@ -23,6 +23,9 @@ class CheckpointError(ValueError):
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file in the same folder, then rename: readers never see a partial file.
 
+    MONAI's ``CheckpointSaver`` does not serve here: it saves through ignite's ``DiskSaver`` with ``atomic=False``,
+    so a run killed while saving leaves a truncated checkpoint (or ``models/model.pt``) behind.
+
     Args:
         obj: what to save (a state dict or a dict of state dicts).
         path: destination; its folder is created.

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from pathlib import Path
@@ -13,6 +11,7 @@ import numpy as np
 import torch
 from monai.utils import optional_import
 
+from kvmonai.data import CLASSES
 from kvmonai.metrics import (
     EMPTY_CONVENTIONS,
     CompetitionScoreMetric,
@@ -21,13 +20,11 @@ from kvmonai.metrics import (
     jaccard_index,
     score_from_parts,
 )
-from kvmonai.utils import atomic_output, write_text_atomic
+from kvmonai.utils import atomic_output, csv_text, write_text_atomic
 
 Events, _ = optional_import("ignite.engine", name="Events")
 
-__all__ = ["CLASS_NAMES", "EvaluationReport"]
-
-CLASS_NAMES: tuple[str, ...] = ("large_bowel", "small_bowel", "stomach")
+__all__ = ["EvaluationReport"]
 
 
 def _num(x: Any) -> float | None:
@@ -113,10 +110,10 @@ class EvaluationReport:
                 s = score_from_parts(parts, empty)
                 row[f"score_{empty}"] = _num(s["score"])
                 if empty == "skip":
-                    for c, name in enumerate(CLASS_NAMES):
+                    for c, name in enumerate(CLASSES):
                         row[f"dice_{name}"] = _num(s["class_dice"][c])
                         row[f"hausdorff_{name}"] = _num(s["class_hausdorff"][c])
-            for c, name in enumerate(CLASS_NAMES):
+            for c, name in enumerate(CLASSES):
                 row[f"jaccard_{name}"] = _num(per_class_j[c])
             if self.save_example and not self.rows and "image" in item:
                 self._write_example(item, pred, label)
@@ -133,9 +130,9 @@ class EvaluationReport:
             "num_volumes": len(self.rows),
             "jaccard": _num(self.jaccard.aggregate(reduction="mean")),
             "weighted_jaccard": _num(self.jaccard.aggregate(reduction="weighted")),
-            "class_jaccard": {name: _num(jac[c]) for c, name in enumerate(CLASS_NAMES)},
+            "class_jaccard": {name: _num(jac[c]) for c, name in enumerate(CLASSES)},
             "class_dice": {
-                empty: {name: _num(v) for name, v in zip(CLASS_NAMES, self.dice.aggregate(empty=empty), strict=True)}
+                empty: {name: _num(v) for name, v in zip(CLASSES, self.dice.aggregate(empty=empty), strict=True)}
                 for empty in EMPTY_CONVENTIONS
             },
             "competition": {
@@ -153,11 +150,7 @@ class EvaluationReport:
     def completed(self, engine: Any) -> None:
         summary = self.summary()
         write_text_atomic(self.output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(self.rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in self.rows)
-        write_text_atomic(self.output_dir / "per_case.csv", buffer.getvalue())
+        write_text_atomic(self.output_dir / "per_case.csv", csv_text(self.rows))
         engine.state.metrics.update(
             {"jaccard": summary["jaccard"] or 0.0, "weighted_jaccard": summary["weighted_jaccard"] or 0.0}
         )

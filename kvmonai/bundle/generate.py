@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from kvmonai.utils import write_text_atomic
 
@@ -21,6 +22,7 @@ TEMPLATE_DIR = Path(__file__).parent / "template"
 _PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 #: files of a generated bundle that the generator owns (training outputs such as models/ and runs/ are not)
 _GENERATED_DIRS = ("configs", "docs")
+
 
 def bundle_name(arch: str, attention: str) -> str:
     """Folder name of a bundle, e.g. ``setr_kv``."""
@@ -83,40 +85,234 @@ def _performance(arch: str, attention: str, measured_dir: Path | None) -> str:
     return "\n\n".join(parts)
 
 
-def recipe_values(train_config: str | os.PathLike = TEMPLATE_DIR / "configs" / "train.json") -> dict[str, str]:
-    """The recipe numbers the bundle README quotes, read from ``train.json`` so the prose cannot drift from it.
+class _Config:
+    """One bundle config (JSON) as the README generator reads it: ids by path, ``@id`` references followed.
 
-    Raises:
-        KeyError: when ``train.json`` lacks one of the settings (the message names it).
+    Args:
+        path: the ``.json`` file.
     """
-    import json
-    import math
 
-    config = json.loads(Path(train_config).read_text())
+    def __init__(self, path: str | os.PathLike) -> None:
+        import json
 
-    def find(*path: str) -> object:
-        node: object = config
-        for key in path:
-            if isinstance(node, list):
-                node = next((t for t in node if isinstance(t, dict) and t.get("_target_") == key), None)
-            elif isinstance(node, dict):
-                node = node.get(key)
-            if node is None:
-                raise KeyError(f"{train_config}: no {'#'.join(path)} (the bundle README quotes it).")
+        self.path = Path(path)
+        self.data = json.loads(self.path.read_text())
+
+    def _follow(self, node: Any, seen: tuple[str, ...] = ()) -> Any:
+        while isinstance(node, str) and node.startswith("@"):
+            ref = node[1:]
+            if ref in seen:
+                raise ValueError(f"{self.path}: the reference @{ref} refers to itself.")
+            seen, node = (*seen, ref), self.data
+            for part in ref.split("#"):
+                if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                    node = node[int(part)]
+                elif isinstance(node, dict) and part in node:
+                    node = node[part]
+                else:
+                    raise KeyError(f"{self.path}: no {ref} (referenced as @{ref}; the bundle README quotes it).")
         return node
 
-    affine = "RandAffined"
-    plain = ("preset", "img_size", "fold", "seed", "max_epochs", "val_interval", "volumes_per_batch")
-    plain += ("slices_per_volume", "learning_rate", "weight_decay", "output_prior")
+    def get(self, *path: str) -> Any:
+        """The value at ``path``; in a list, the entry whose ``_target_`` ends with the key (``"RandAffined"``).
+
+        Raises:
+            KeyError: naming the missing id.
+        """
+        node: Any = self.data
+        for key in path:
+            node = self._follow(node)
+            if isinstance(node, list):
+                node = next((t for t in node if isinstance(t, dict) and _short(t.get("_target_")) == key), None)
+            elif isinstance(node, dict):
+                node = node.get(key)
+            else:
+                node = None
+            if node is None:
+                raise KeyError(f"{self.path}: no {'#'.join(path)} (the bundle README quotes it).")
+        return self._follow(node)
+
+    def number(self, *path: str) -> float:
+        """:meth:`get` as a number.
+
+        Raises:
+            ValueError: when the value is not a plain number (e.g. a ``$`` expression, which the README cannot quote).
+        """
+        value = self.get(*path)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(
+                f"{self.path}: {'#'.join(path)} is {value!r}; the bundle README quotes it, so write a plain number."
+            )
+        return value
+
+    def flag(self, *path: str) -> bool:
+        """:meth:`get` as a boolean (a JSON ``true``/``false`` or ``"$True"``/``"$False"``).
+
+        Raises:
+            ValueError: for anything else.
+        """
+        value = self.get(*path)
+        if isinstance(value, str) and value in ("$True", "$False"):
+            return value == "$True"
+        if not isinstance(value, bool):
+            raise ValueError(f"{self.path}: {'#'.join(path)} is {value!r}; the bundle README quotes it as true/false.")
+        return value
+
+
+def _short(target: Any) -> str:
+    """The class name of a ``_target_`` (``"torch.optim.AdamW"`` -> ``"AdamW"``)."""
+    return str(target or "").rsplit(".", 1)[-1]
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"
+
+
+def _pct(fraction: float) -> str:
+    return f"{100 * fraction:g}"
+
+
+def _loss_text(config: _Config) -> str:
+    """The loss as the README states it, from ``train.json``'s ``loss``."""
+    name = _short(config.get("loss", "_target_"))
+    if name != "DiceFocalLoss":
+        return f"`{name}`"
+    gamma = config.number("loss", "gamma")
+    focal = "binary cross-entropy" if gamma == 0 else f"focal loss (gamma {_num(gamma)})"
+    outputs = "sigmoid" if config.flag("loss", "sigmoid") else "softmax"
+    batch = ", Dice over the whole batch" if config.flag("loss", "batch") else ""
+    weights = f"{_num(config.number('loss', 'lambda_dice'))} / {_num(config.number('loss', 'lambda_focal'))}"
+    return f"Dice + {focal} on {outputs} outputs (`DiceFocalLoss`, weights {weights}{batch})"
+
+
+def _label_resize_text(mode: str) -> str:
+    if mode == "area":
+        return "labels by area averaging, so a target is the fraction of the pixel an organ covers"
+    return f"labels `{mode}`"
+
+
+def _amp_text(amp: bool) -> str:
+    return "true (bf16 autocast where the hardware runs it natively, fp32 elsewhere)" if amp else "false (fp32)"
+
+
+def _precision_text(precision: str) -> str:
+    if precision == "auto":
+        return "`auto` (bf16 where the hardware runs it natively, fp32 elsewhere)"
+    return f"`{precision}`"
+
+
+def _scale_range_text(value: Any, scale: float = 100.0, unit: str = " %") -> str:
+    """A MONAI range argument (``f`` meaning ``±f``, or ``[low, high]``) as text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"±{value * scale:g}{unit}"
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
+        return f"{value[0] * scale:g} to {value[1] * scale:g}{unit}"
+    raise ValueError(f"expected a number or a [low, high] pair for the README, got {value!r}.")
+
+
+def _agree(train: _Config, infer: _Config, *path: str) -> Any:
+    """A setting both configs must hold alike (what the network sees); returns train.json's.
+
+    Raises:
+        ValueError: when the two differ.
+    """
+    a, b = train.get(*path), infer.get(*path)
+    if a != b:
+        raise ValueError(
+            f"{infer.path}: {'#'.join(path)} is {b!r} but {train.path} has {a!r}; inference must prepare volumes as "
+            "training did, so make them equal."
+        )
+    return a
+
+
+def recipe_values(
+    train_config: str | os.PathLike | None = None, inference_config: str | os.PathLike | None = None
+) -> dict[str, str]:
+    """The recipe numbers and settings the bundle README quotes, read from the configs so the prose cannot drift.
+
+    Each value is read where it acts (the optimizer's ``lr``, the sampler's ``num_samples``, the validation
+    handler's ``interval``...), following ``@id`` references; the training recipe comes from ``train.json``, the
+    inference settings (inferer, threshold, precision, ``fuse``, output type) from ``inference.json``.
+    ``channels_last`` differs by architecture and is filled in by :func:`render_bundle` (README and
+    ``inference.json`` alike).
+
+    Args:
+        train_config: ``train.json`` (default: the template's).
+        inference_config: ``inference.json`` (default: the template's).
+
+    Returns:
+        placeholder name -> text.
+
+    Raises:
+        KeyError: when a config lacks one of the settings (the message names it).
+        ValueError: when a quoted setting is not a plain value (a ``$`` expression), or the two configs disagree on
+            what the network sees (``preset``, ``img_size``, ``slice_offsets``, ``out_channels``, ``intensity``).
+    """
+    import math
+
+    configs = TEMPLATE_DIR / "configs"
+    train = _Config(train_config if train_config is not None else configs / "train.json")
+    infer = _Config(inference_config if inference_config is not None else configs / "inference.json")
+    for shared in ("preset", "img_size", "slice_offsets", "out_channels", "intensity"):
+        _agree(train, infer, shared)
+
+    rand = ("train", "random_transforms")
+    affine = (*rand, "RandAffined")
+    sampler = (*rand, "RandSliceSamplerd")
+    resize_mode = train.get("train", "volume_resize", "Resized", "mode")
+    if not (isinstance(resize_mode, list) and len(resize_mode) == 2):
+        raise ValueError(f"{train.path}: train#volume_resize Resized mode must be [image mode, label mode].")
+    key_metric = list(train.get("validate", "key_metric"))
+    if len(key_metric) != 1:
+        raise ValueError(f"{train.path}: validate#key_metric must hold one metric, got {key_metric}.")
+    intensity = ("intensity", "ScaleIntensityRobustd")
+    offsets = train.get("slice_offsets")
+    output_dtype = str(infer.get("postprocessing", "transforms", "SaveImaged", "output_dtype"))
     return {
-        **{k: str(find(k)) for k in plain},
-        "amp": str(find("amp")).lower(),
-        "positive_pct": f"{100 * float(find('positive_fraction')):g}",
-        "warmup_pct": f"{100 * float(find('lr_scheduler', 'pct_start')):g}",
-        "affine_prob": f"{float(find('train', 'random_transforms', affine, 'prob')):g}",
-        "rotate_deg": f"{math.degrees(float(find('train', 'random_transforms', affine, 'rotate_range'))):.0f}",
-        "scale_pct": f"{100 * float(find('train', 'random_transforms', affine, 'scale_range')):g}",
-        "translate_px": str(find("train", "random_transforms", affine, "translate_range")),
+        **{k: str(train.get(k)) for k in ("preset", "img_size", "fold", "seed", "output_prior")},
+        "amp": str(train.flag("amp")).lower(),
+        "amp_text": _amp_text(train.flag("amp")),
+        "in_channels": str(len(offsets)),
+        "out_channels": str(train.get("out_channels")),
+        "slice_list": ", ".join("z" if o == 0 else f"z{o:+d}" for o in offsets),
+        "intensity_lower": _num(train.number(*intensity, "lower")),
+        "intensity_upper": _num(train.number(*intensity, "upper")),
+        "intensity_range": f"[{_num(train.number(*intensity, 'b_min'))}, {_num(train.number(*intensity, 'b_max'))}]",
+        "image_resize_mode": str(resize_mode[0]),
+        "label_resize": _label_resize_text(str(resize_mode[1])),
+        "max_epochs": str(train.get("train", "trainer", "max_epochs")),
+        "volumes_per_batch": str(train.get("train", "dataloader", "batch_size")),
+        "slices_per_volume": str(train.get(*sampler, "num_samples")),
+        "positive_pct": _pct(train.number(*sampler, "pos_fraction")),
+        "affine_prob": _num(train.number(*affine, "prob")),
+        "rotate_deg": f"{math.degrees(train.number(*affine, 'rotate_range')):.0f}",
+        "scale_pct": _pct(train.number(*affine, "scale_range")),
+        "translate_px": str(train.get(*affine, "translate_range")),
+        "intensity_scale": _scale_range_text(train.get(*rand, "RandScaleIntensityd", "factors")),
+        "intensity_scale_prob": _num(train.number(*rand, "RandScaleIntensityd", "prob")),
+        "noise_std": _num(train.number(*rand, "RandGaussianNoised", "std")),
+        "noise_prob": _num(train.number(*rand, "RandGaussianNoised", "prob")),
+        "loss": _loss_text(train),
+        "optimizer": _short(train.get("optimizer", "_target_")),
+        "learning_rate": str(train.get("optimizer", "lr")),
+        "weight_decay": str(train.get("optimizer", "weight_decay")),
+        "lr_scheduler": _short(train.get("lr_scheduler", "_target_")),
+        "warmup_pct": _pct(train.number("lr_scheduler", "pct_start")),
+        "anneal": {"cos": "cosine", "linear": "linear"}.get(str(train.get("lr_scheduler", "anneal_strategy")), "?"),
+        "lr_step": "epoch" if train.flag("train", "handlers", "LrScheduleHandler", "epoch_level") else "iteration",
+        "val_interval": str(train.get("train", "handlers", "ValidationHandler", "interval")),
+        "key_metric": key_metric[0],
+        "other_metrics": ", ".join(f"`{m}`" for m in train.get("validate", "additional_metrics")) or "none",
+        "val_threshold": _num(train.number("validate", "postprocessing", "transforms", "AsDiscreted", "threshold")),
+        "val_inferer": _short(train.get("validate", "inferer", "_target_")),
+        "val_sw_batch_size": str(train.get("validate", "inferer", "sw_batch_size")),
+        "infer_inferer": _short(infer.get("inferer", "_target_")),
+        "infer_sw_batch_size": str(infer.get("inferer", "sw_batch_size")),
+        "threshold": _num(infer.number("postprocessing", "transforms", "AsDiscreted", "threshold")),
+        "precision": _precision_text(str(infer.get("inferer", "precision"))),
+        "runtime": str(infer.get("runtime")),
+        "fuse": str(infer.flag("handlers", "OptimizeForInference", "fuse")),
+        "output_dtype": output_dtype.removeprefix("$torch."),
     }
 
 

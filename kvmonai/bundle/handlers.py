@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from monai.handlers import CheckpointLoader
 from monai.utils import optional_import
 
 from kvmonai.bundle.checkpoint import CheckpointError, load_checkpoint, save_atomic
-from kvmonai.utils import as_flag, pyplot, save_figure, write_text_atomic
+from kvmonai.utils import as_flag, csv_text, pyplot, save_figure, write_text_atomic
 
 Events, _ = optional_import("ignite.engine", name="Events")
-Checkpoint, _ = optional_import("ignite.handlers", name="Checkpoint")
 
 __all__ = [
     "BestModelSaver",
@@ -30,6 +30,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+def _unwrap(obj: Any) -> Any:
+    """The module inside a ``DistributedDataParallel``/``DataParallel`` wrapper (ignite loads state into it)."""
+    return obj.module if isinstance(obj, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)) else obj
+
+
 def _best_state(evaluator: Any) -> dict[str, float | int]:
     state = evaluator.state
     return {"metric": float(getattr(state, "best_metric", -1.0)), "epoch": int(getattr(state, "best_metric_epoch", -1))}
@@ -38,10 +43,15 @@ def _best_state(evaluator: Any) -> dict[str, float | int]:
 class EpochCheckpoint:
     """After every training epoch, write the whole training state to ``save_dir/filename`` atomically.
 
-    The file holds the state dicts of ``save_dict`` (model, optimizer, scheduler), the trainer's own state (epoch,
-    iteration) under ``"trainer"`` and, when ``evaluator`` is given, its best validation metric, so that
-    :class:`ResumeFromCheckpoint` continues exactly where the run stopped. Attach it after the validation handler so
-    the best metric of the epoch is included.
+    The file holds the state dicts of ``save_dict`` (model, optimizer, scheduler; a ``DistributedDataParallel`` or
+    ``DataParallel`` model is saved unwrapped, as ignite does), the trainer's own state (epoch, iteration) under
+    ``"trainer"`` and, when ``evaluator`` is given, its best validation metric, so that :class:`ResumeFromCheckpoint`
+    continues exactly where the run stopped. Attach it after the validation handler so the best metric of the epoch
+    is included.
+
+    MONAI's :class:`~monai.handlers.CheckpointSaver` does not serve: it writes through ignite's ``DiskSaver`` with
+    ``atomic=False`` (a run killed while writing leaves a truncated file), gives interval checkpoints epoch-numbered
+    names (a resume would have to search for the latest), and saves no evaluator's best metric.
 
     Args:
         save_dir: checkpoint folder.
@@ -61,7 +71,7 @@ class EpochCheckpoint:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def __call__(self, engine: Any) -> None:
-        state: dict[str, Any] = {name: obj.state_dict() for name, obj in self.save_dict.items()}
+        state: dict[str, Any] = {name: _unwrap(obj).state_dict() for name, obj in self.save_dict.items()}
         state["trainer"] = engine.state_dict()  # iteration, epoch_length, max_epochs
         state["epoch"] = int(engine.state.epoch)
         if self.evaluator is not None:
@@ -69,8 +79,15 @@ class EpochCheckpoint:
         save_atomic(state, self.path)
 
 
-class ResumeFromCheckpoint:
-    """At the start of training, restore the state written by :class:`EpochCheckpoint` (``weights_only`` load).
+class ResumeFromCheckpoint(CheckpointLoader):
+    """At the start of training, restore the state written by :class:`EpochCheckpoint`.
+
+    MONAI's :class:`~monai.handlers.CheckpointLoader` does the restoring (``weights_only`` load,
+    ``Checkpoint.load_objects`` with ``strict=True``, the trainer's own ``max_epochs`` kept over the checkpoint's).
+    This subclass adds the trainer it runs on as ``"trainer"`` and the evaluator's best metric, and turns MONAI's
+    and torch's errors into ones that say what to do: before loading, it opens the file memory-mapped (no tensor
+    data is read) to check that it exists, is a safe torch file and has every entry; and a checkpoint that already
+    reached ``max_epochs`` is refused instead of ending the run at once.
 
     Args:
         checkpoint: path of the checkpoint to resume from.
@@ -79,45 +96,59 @@ class ResumeFromCheckpoint:
         evaluator: the validation evaluator whose best metric is restored.
 
     Raises:
-        CheckpointError: if the checkpoint is missing, damaged, does not fit the objects, or already reached the
-            trainer's ``max_epochs``.
+        ValueError: when ``load_dict`` is empty or names ``"trainer"`` (the trainer is added by the handler).
+        CheckpointError: when run, if the checkpoint is missing, damaged, does not fit the objects, or already
+            reached the trainer's ``max_epochs``.
     """
 
     def __init__(self, checkpoint: str, load_dict: Mapping[str, Any], evaluator: Any = None) -> None:
+        if not load_dict or "trainer" in load_dict:
+            raise ValueError(
+                "ResumeFromCheckpoint: load_dict must name the objects to restore (model, optimizer, lr_scheduler) "
+                f"and not 'trainer', which is the engine it is attached to; got {sorted(load_dict or {})}."
+            )
+        super().__init__(load_path=str(checkpoint), load_dict=dict(load_dict), name=__name__, map_location="cpu")
         self.checkpoint = Path(checkpoint)
-        self.load_dict = dict(load_dict)
+        self.objects = dict(load_dict)
         self.evaluator = evaluator
 
-    def attach(self, engine: Any) -> None:
-        engine.add_event_handler(Events.STARTED, self)
-
     def __call__(self, engine: Any) -> None:
+        """Check the checkpoint, restore it through :class:`~monai.handlers.CheckpointLoader`, then the best metric.
+
+        Args:
+            engine: the trainer.
+
+        Raises:
+            CheckpointError: see the class.
+        """
         if not self.checkpoint.is_file():
             raise CheckpointError(
                 f"cannot resume: {self.checkpoint} does not exist. Start the run without the resume override, or "
                 "point it at the output folder of the interrupted run."
             )
-        ckpt = load_checkpoint(self.checkpoint)
-        to_load = {**self.load_dict, "trainer": engine}
-        missing = [name for name in to_load if name not in ckpt]
+        ckpt = load_checkpoint(self.checkpoint, mmap=True)  # clear errors for damaged or foreign files
+        self.load_dict = {**self.objects, "trainer": engine}
+        missing = [name for name in self.load_dict if name not in ckpt]
         if missing:
             raise CheckpointError(f"cannot resume from {self.checkpoint}: it has no {missing} entries.")
+        best = ckpt.get("best") if self.evaluator is not None else None
+        del ckpt  # releases the mapping; CheckpointLoader reads the file itself
         max_epochs = engine.state.max_epochs
         try:
-            Checkpoint.load_objects(to_load=to_load, checkpoint=ckpt, strict=True)
+            super().__call__(engine)
         except (RuntimeError, KeyError, ValueError) as e:
-            raise CheckpointError(
-                f"cannot resume from {self.checkpoint}: it does not fit this bundle's network/optimizer ({e})."
-            ) from None
+            if engine.state.epoch <= max_epochs:  # else MONAI refused a checkpoint past max_epochs: reported below
+                raise CheckpointError(
+                    f"cannot resume from {self.checkpoint}: it does not fit this bundle's network/optimizer ({e})."
+                ) from None
         if engine.state.epoch >= max_epochs:
             raise CheckpointError(
                 f"{self.checkpoint} already finished epoch {engine.state.epoch} of max_epochs={max_epochs}: "
                 "raise the number of epochs to train further."
             )
-        engine.state.max_epochs = max_epochs
-        if self.evaluator is not None and "best" in ckpt:
-            self.evaluator.state.best_metric = ckpt["best"]["metric"]
-            self.evaluator.state.best_metric_epoch = ckpt["best"]["epoch"]
+        if best is not None:
+            self.evaluator.state.best_metric = best["metric"]
+            self.evaluator.state.best_metric_epoch = best["epoch"]
         logger.info(f"resumed from {self.checkpoint} after epoch {engine.state.epoch}")
 
 
@@ -125,6 +156,10 @@ class BestModelSaver:
     """Attach to the validation evaluator: write the network's state dict atomically when the key metric improves.
 
     Relies on MONAI's evaluator bookkeeping (``state.best_metric_epoch`` is updated when the key metric improves).
+    MONAI's ``CheckpointSaver(save_key_metric=True)`` does not serve: it writes in place (``atomic=False``), so a
+    kill while writing would corrupt the served ``models/model.pt``, and it keeps its own record of the best score,
+    which a resumed run loses (its first validation would overwrite a better model); the evaluator's best metric
+    followed here is restored by :class:`ResumeFromCheckpoint`.
 
     Args:
         network: the trained network.
@@ -140,8 +175,7 @@ class BestModelSaver:
 
     def __call__(self, engine: Any) -> None:
         if engine.state.best_metric_epoch == engine.state.epoch:
-            net = getattr(self.network, "module", self.network)  # unwrap DistributedDataParallel
-            save_atomic(net.state_dict(), self.path)
+            save_atomic(_unwrap(self.network).state_dict(), self.path)
 
 
 class RunRecorder:
@@ -217,11 +251,7 @@ class RunRecorder:
         if not rows:
             self.csv_path.unlink(missing_ok=True)
             return
-        fields: list[str] = []
-        for r in rows:
-            fields += [k for k in r if k not in fields]
-        lines = [",".join(fields)] + [",".join(str(r.get(k, "")) for k in fields) for r in rows]
-        write_text_atomic(self.csv_path, "\n".join(lines) + "\n")
+        write_text_atomic(self.csv_path, csv_text(rows))
 
     def _plot(self, rows: list[Mapping[str, Any]]) -> None:
         plt = pyplot()
@@ -251,13 +281,16 @@ class OptimizeForInference:
 
     Args:
         network: the loaded network.
-        fold: fold BatchNorms and freeze training-time reparameterisations.
+        fuse: fuse BatchNorms into the preceding convolutions and freeze training-time reparameterisations.
         channels_last: store 4D weights channels-last.
+
+    Raises:
+        ValueError: when ``fuse`` or ``channels_last`` is not a boolean (or the strings true/false).
     """
 
-    def __init__(self, network: torch.nn.Module, fold: bool = True, channels_last: bool = True) -> None:
+    def __init__(self, network: torch.nn.Module, fuse: bool = True, channels_last: bool = True) -> None:
         self.network = network
-        self.fold = as_flag("fold", fold)
+        self.fuse = as_flag("fuse", fuse)
         self.channels_last = as_flag("channels_last", channels_last)
 
     def attach(self, engine: Any) -> None:
@@ -266,11 +299,15 @@ class OptimizeForInference:
     def __call__(self, engine: Any) -> None:
         from kvmonai.inference import optimize_for_inference
 
-        optimize_for_inference(self.network, fold=self.fold, channels_last=self.channels_last)
+        optimize_for_inference(self.network, fuse=self.fuse, channels_last=self.channels_last)
 
 
 class WeightsLoader:
     """Attach to an engine: load network weights at start, with the clear errors of :func:`load_weights`.
+
+    MONAI's ``CheckpointLoader(load_dict={"model": network})`` loads the same files, but reports weights of another
+    architecture as a bare ``load_state_dict`` error; :func:`load_weights` names the missing, unexpected and
+    wrong-shape keys and the likely cause, and maps the file instead of reading it.
 
     Args:
         network: the network (a ``DistributedDataParallel`` wrapper is unwrapped).

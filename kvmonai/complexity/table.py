@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from kvmonai.complexity.counting import count_macs, count_parameters
+from kvmonai.utils import csv_text, markdown_table
 
 __all__ = ["complexity_table", "format_table"]
 
@@ -73,27 +72,29 @@ def format_table(rows: Sequence[dict[str, object]], fmt: str = "md") -> str:
         ValueError: if ``fmt`` is not ``"md"`` or ``"csv"``.
     """
     if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(
+        return csv_text(
+            (
                 {
                     **row,
                     "params_change_pct": f"{row['params_change_pct']:.3f}",
                     "macs_change_pct": f"{row['macs_change_pct']:.3f}",
                 }
-            )
-        return buffer.getvalue()
+                for row in rows
+            ),
+            COLUMNS,
+        )
     if fmt != "md":
         raise ValueError(f"fmt must be 'md' or 'csv', got {fmt!r}.")
-    lines = [
-        "| architecture | attention | parameters | Δ params vs QKV | GMACs | Δ MACs vs QKV |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    for row in rows:
-        lines.append(
-            f"| {row['arch']} | {row['attention']} | {row['params']:,} | {row['params_change_pct']:+.2f}% "
-            f"| {row['macs'] / 1e9:.3f} | {row['macs_change_pct']:+.2f}% |"
+    header = ("architecture", "attention", "parameters", "Δ params vs QKV", "GMACs", "Δ MACs vs QKV")
+    cells = (
+        (
+            row["arch"],
+            row["attention"],
+            f"{row['params']:,}",
+            f"{row['params_change_pct']:+.2f}%",
+            f"{row['macs'] / 1e9:.3f}",
+            f"{row['macs_change_pct']:+.2f}%",
         )
-    return "\n".join(lines) + "\n"
+        for row in rows
+    )
+    return markdown_table(header, cells, ["left"] * 2 + ["right"] * 4) + "\n"

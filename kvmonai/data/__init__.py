@@ -2,7 +2,8 @@
 MONAI datalists and 2.5D transforms, and inference inputs (NIfTI, DICOM, PNG).
 
 Submodules: :mod:`~kvmonai.data.rle` (run-length codec), :mod:`~kvmonai.data.kaggle` (csv + PNG tree reader),
-:mod:`~kvmonai.data.synth` (synthetic dataset), :mod:`~kvmonai.data.prepare` (NIfTI volumes + datalist),
+:mod:`~kvmonai.data.synth` (synthetic dataset) and :mod:`~kvmonai.data.phantom` (its anatomy renderer),
+:mod:`~kvmonai.data.prepare` (NIfTI volumes + datalist),
 :mod:`~kvmonai.data.datalist` (folds, per-slice expansion), :mod:`~kvmonai.data.transforms` (MONAI transforms) and
 :mod:`~kvmonai.data.io` (inference inputs). See ``docs/data.md``.
 
@@ -12,13 +13,13 @@ or ``kvmonai prepare --help``) does not load torch and MONAI.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from kvmonai.utils import lazy_exports
 
 if TYPE_CHECKING:
     from kvmonai.data.datalist import assign_folds, expand_slices, load_datalist, split_fold
-    from kvmonai.data.io import CANONICAL_AXCODES, LoadVolumed, load_volume
+    from kvmonai.data.io import CANONICAL_AXCODES, RAS_AXIS_LABELS, LoadVolumed, load_volume
     from kvmonai.data.kaggle import (
         CLASSES,
         CSV_HEADER,
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
         scan_id,
         slice_id,
     )
+    from kvmonai.data.phantom import ScanSpec, generate_scan, iter_scan_slices
     from kvmonai.data.prepare import (
         FORMAT_VERSION,
         IMAGE_DIR,
@@ -55,10 +57,7 @@ if TYPE_CHECKING:
         DAYS_PER_CASE,
         GEOMETRIES,
         Geometry,
-        ScanSpec,
         SynthSummary,
-        generate_scan,
-        iter_scan_slices,
         plan_dataset,
         write_synthetic_dataset,
     )
@@ -101,10 +100,10 @@ _SUBMODULE: dict[str, str] = {
     "DAYS_PER_CASE": "synth",
     "GEOMETRIES": "synth",
     "Geometry": "synth",
-    "ScanSpec": "synth",
+    "ScanSpec": "phantom",
     "SynthSummary": "synth",
-    "generate_scan": "synth",
-    "iter_scan_slices": "synth",
+    "generate_scan": "phantom",
+    "iter_scan_slices": "phantom",
     "plan_dataset": "synth",
     "write_synthetic_dataset": "synth",
     "FORMAT_VERSION": "prepare",
@@ -130,6 +129,7 @@ _SUBMODULE: dict[str, str] = {
     "ScaleIntensityRobustd": "transforms",
     "neighbour_indices": "transforms",
     "CANONICAL_AXCODES": "io",
+    "RAS_AXIS_LABELS": "io",
     "LoadVolumed": "io",
     "load_volume": "io",
 }
@@ -145,6 +145,7 @@ __all__ = [
     "IMAGE_DIR",
     "LABEL_DIR",
     "ORIENTATION",
+    "RAS_AXIS_LABELS",
     "SLICE_THICKNESS_MM",
     "ExtractSlice",
     "ExtractSliced",

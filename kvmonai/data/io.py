@@ -22,14 +22,18 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
+from monai.utils import SpaceKeys
 
 from kvmonai.data.kaggle import SLICE_THICKNESS_MM, KaggleFormatError, parse_slice_filename, read_slice_png
 from kvmonai.data.prepare import ORIENTATION, kaggle_affine
 
-__all__ = ["CANONICAL_AXCODES", "LoadVolumed", "load_volume"]
+__all__ = ["CANONICAL_AXCODES", "RAS_AXIS_LABELS", "LoadVolumed", "load_volume"]
 
 #: orientation of every loaded volume (same as the prepared NIfTI files)
 CANONICAL_AXCODES: str = "".join(ORIENTATION)
+#: axis letters of MONAI's RAS affines (as in ``nibabel.aff2axcodes``), for ``Orientation(axcodes, labels=...)``;
+#: given explicitly, they keep MONAI from reading a ``"space"`` metadata item of ``LPS`` as flipped axes
+RAS_AXIS_LABELS: tuple[tuple[str, str], ...] = (("L", "R"), ("P", "A"), ("I", "S"))
 _KAGGLE_NAME = re.compile(r"slice_\d{4,}_\d+_\d+_[\d.]+_[\d.]+\.png")
 _NIFTI = (".nii", ".nii.gz")
 
@@ -67,7 +71,7 @@ def _finish(img: torch.Tensor, source: Path) -> MetaTensor:
         img.affine = affine
     if img.ndim != 4:
         raise ValueError(f"{source}: {img.ndim - 1} spatial dimensions; expected a 2D slice or a 3D volume.")
-    img = Orientation(axcodes=CANONICAL_AXCODES, labels=(("L", "R"), ("P", "A"), ("I", "S")))(img.float())
+    img = Orientation(axcodes=CANONICAL_AXCODES, labels=RAS_AXIS_LABELS)(img.float())
     bad = int((~torch.isfinite(img.as_tensor())).sum())
     if bad:
         raise ValueError(
@@ -114,7 +118,7 @@ def _load_png_folder(folder: Path, files: Sequence[Path], spacing: Sequence[floa
     if len(sp) != 3:
         raise ValueError(f"spacing must be (row, column, slice) in mm, got {sp}.")
     vol = torch.from_numpy(np.stack(slices, axis=-1).astype(np.float32))[None]
-    meta = {"filename_or_obj": str(folder), "space": "RAS", "original_channel_dim": "no_channel"}
+    meta = {"filename_or_obj": str(folder), "space": SpaceKeys.RAS.value, "original_channel_dim": "no_channel"}
     return _finish(MetaTensor(vol, affine=torch.as_tensor(kaggle_affine(sp)), meta=meta), folder)
 
 

@@ -1,4 +1,7 @@
-"""Fast inference: mixed precision, channels-last and exact network rewrites (``kvmonai benchmark`` measures them)."""
+"""Fast inference: mixed precision, channels-last, exact network rewrites and the OpenVINO runtime (bf16, int8).
+
+``kvmonai benchmark`` measures them; ``kvmonai quantize`` writes the int8 model (:mod:`kvmonai.inference.quantize`).
+"""
 
 from kvmonai.inference.inferer import AutocastInferer, FastSliceInferer, autocast_call
 from kvmonai.inference.optimize import (
@@ -9,15 +12,31 @@ from kvmonai.inference.optimize import (
     inplace_activations,
     optimize_for_inference,
 )
+from kvmonai.inference.runtime import (
+    INT8_MODEL_NAME,
+    RUNTIME_PRECISIONS,
+    RUNTIMES,
+    RuntimeNetwork,
+    convert_to_openvino,
+    network_fingerprint,
+    openvino_precision,
+)
 
 __all__ = [
+    "INT8_MODEL_NAME",
     "PRECISIONS",
+    "RUNTIMES",
+    "RUNTIME_PRECISIONS",
+    "RuntimeNetwork",
     "AutocastInferer",
     "FastSliceInferer",
     "autocast_call",
     "autocast_dtype",
+    "convert_to_openvino",
     "fold_batch_norms",
     "freeze_for_inference",
     "inplace_activations",
+    "network_fingerprint",
+    "openvino_precision",
     "optimize_for_inference",
 ]

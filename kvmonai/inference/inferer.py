@@ -79,7 +79,8 @@ class FastSliceInferer(SliceInferer):
     Args:
         roi_size: the 2D window size (the network's input size).
         sw_batch_size: slices per network call.
-        precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"``; ``"int8"`` (a bundle whose
+            :class:`~kvmonai.inference.RuntimeNetwork` runs the int8 OpenVINO model) autocasts nothing.
         channels_last: feed the network channels-last slices.
         spatial_dim: the volume axis the slices are taken along (MONAI's convention; 2 is the last axis).
         kwargs: further :class:`~monai.inferers.SliceInferer` arguments (``overlap``, ``mode``, ``progress``...).
@@ -97,6 +98,7 @@ class FastSliceInferer(SliceInferer):
         spatial_dim: int = 2,
         **kwargs: Any,
     ) -> None:
+        precision = "fp32" if precision == "int8" else precision  # int8 is OpenVINO's (RuntimeNetwork): no autocast
         autocast_dtype(precision, "cpu" if precision != "fp16" else "cuda")  # validates early
         super().__init__(roi_size=roi_size, sw_batch_size=sw_batch_size, spatial_dim=spatial_dim, **kwargs)
         self.precision = precision

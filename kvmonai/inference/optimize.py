@@ -142,18 +142,22 @@ def freeze_for_inference(network: nn.Module) -> int:
     return replaced
 
 
-def optimize_for_inference(network: nn.Module, fold: bool = True, channels_last: bool = True) -> nn.Module:
+def optimize_for_inference(network: nn.Module, fuse: bool = True, channels_last: bool = True) -> nn.Module:
     """Put a trained 2D network in eval mode and apply the inference rewrites; returns the same object.
 
     Args:
         network: the network (a ``DistributedDataParallel`` wrapper is unwrapped).
-        fold: fold BatchNorms, freeze training-time reparameterisations and run block activations in place.
+        fuse: fuse BatchNorms into the preceding convolutions, freeze training-time reparameterisations and run
+            block activations in place (the bundles' ``fuse`` setting).
         channels_last: store 4D weights channels-last (oneDNN's preferred layout on CPUs).
+
+    Raises:
+        ValueError: when ``fuse`` or ``channels_last`` is not a boolean (or the strings true/false).
     """
-    fold, channels_last = as_flag("fold", fold), as_flag("channels_last", channels_last)
+    fuse, channels_last = as_flag("fuse", fuse), as_flag("channels_last", channels_last)
     net = getattr(network, "module", network)
     net.eval()
-    if fold:
+    if fuse:
         freeze_for_inference(net)
         fold_batch_norms(net)
         inplace_activations(net)

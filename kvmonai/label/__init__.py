@@ -22,11 +22,11 @@ if TYPE_CHECKING:
     from kvmonai.label.bundles import (
         BundleSpec,
         LabelAppSettings,
-        adapt_volume_transforms,
         default_bundles_dir,
         find_bundles,
         open_bundle,
         parse_overrides,
+        study_loading,
     )
     from kvmonai.label.datalist import label_values, split_items
     from kvmonai.label.handlers import TrainStatsWriter
@@ -41,11 +41,11 @@ _SUBMODULE: dict[str, str] = {
     "KVMonaiLabelApp": "application",
     "BundleSpec": "bundles",
     "LabelAppSettings": "bundles",
-    "adapt_volume_transforms": "bundles",
     "default_bundles_dir": "bundles",
     "find_bundles": "bundles",
     "open_bundle": "bundles",
     "parse_overrides": "bundles",
+    "study_loading": "bundles",
     "label_values": "datalist",
     "split_items": "datalist",
     "TrainStatsWriter": "handlers",
@@ -69,13 +69,13 @@ __all__ = [
     "MissingWeightsError",
     "RestoreInputGridd",
     "TrainStatsWriter",
-    "adapt_volume_transforms",
     "default_bundles_dir",
     "find_bundles",
     "label_values",
     "open_bundle",
     "parse_overrides",
     "split_items",
+    "study_loading",
 ]
 
 

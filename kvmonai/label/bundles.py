@@ -20,12 +20,12 @@ __all__ = [
     "TRAIN_IDS",
     "BundleSpec",
     "LabelAppSettings",
-    "adapt_volume_transforms",
     "default_bundles_dir",
     "find_bundles",
     "open_bundle",
     "parse_overrides",
     "read_config",
+    "study_loading",
 ]
 
 #: ids the inference task reads from ``inference.json``
@@ -38,7 +38,7 @@ TRAIN_IDS: tuple[str, ...] = (
     "network_def",
     "network",
     "data_split",
-    "volume_transforms",
+    "loading",
     "max_epochs",
     "learning_rate",
     "mlflow",
@@ -350,52 +350,35 @@ class LabelAppSettings:
         return [open_bundle(p, self.overrides) for p in find_bundles(self.bundles_dir, self.models)]
 
 
-def adapt_volume_transforms(spec: BundleSpec, num_classes: int | None = None) -> list[Any]:
-    """``train.json``'s ``volume_transforms`` for studies saved by MONAI Label.
+def study_loading(spec: BundleSpec, num_classes: int | None = None) -> list[dict[str, Any]]:
+    """The ``loading`` transforms of ``train.json`` for studies saved by MONAI Label, as config entries.
 
     Studies come in any orientation and labels as single label maps; the bundle's recipe expects the prepared
-    ``PLS`` volumes and 3-channel labels. So ``LoadImaged`` becomes ``kvmonai.data.LoadVolumed`` (the loader of
-    ``inference.json``, reorienting image and label alike) and ``EnsureChannelFirstd`` becomes
-    :class:`~kvmonai.label.transforms.LabelMapToChannelsd` on the label (values from each sample's
-    ``label_values``). The other entries (intensity scaling...) are kept as they are.
+    ``PLS`` volumes and 3-channel labels. The training task overrides the bundle's ``loading`` id (``LoadImaged`` +
+    ``EnsureChannelFirstd``) with this list: ``kvmonai.data.LoadVolumed`` (the loader of ``inference.json``,
+    reorienting image and label alike), then :class:`~kvmonai.label.transforms.LabelMapToChannelsd` on the label
+    (values from each sample's ``label_values``). The rest of the preprocessing (``intensity``, resizing, sampling)
+    is the bundle's own.
 
     Args:
-        spec: the bundle.
+        spec: the bundle (:func:`open_bundle` checked that its ``train.json`` has a ``loading`` id).
         num_classes: output channels (default: the number of labels).
 
     Returns:
-        the new list, as config entries.
+        the list for the ``loading`` override.
 
     Raises:
-        ValueError: when ``volume_transforms`` is not a list holding ``LoadImaged`` and ``EnsureChannelFirstd``.
+        ValueError: when ``num_classes`` is not positive.
     """
-    config = read_config(spec.train_config)
-    transforms = config.get("volume_transforms")
-    if not isinstance(transforms, list):
-        raise ValueError(f"{spec.train_config}: 'volume_transforms' must be a list of transform configs.")
-    out: list[Any] = []
-    found = set()
-    for item in transforms:
-        target = str(item.get("_target_", "")).rsplit(".", 1)[-1] if isinstance(item, Mapping) else ""
-        if target == "LoadImaged":
-            out.append({"_target_": "kvmonai.data.LoadVolumed", "keys": ["image", "label"]})
-        elif target == "EnsureChannelFirstd":
-            out.append(
-                {
-                    "_target_": "kvmonai.label.transforms.LabelMapToChannelsd",
-                    "keys": "label",
-                    "num_classes": num_classes or len(spec.labels),
-                    "values_key": "label_values",
-                }
-            )
-        else:
-            out.append(item)
-            continue
-        found.add(target)
-    missing = {"LoadImaged", "EnsureChannelFirstd"} - found
-    if missing:
-        raise ValueError(
-            f"{spec.train_config}: 'volume_transforms' has no {sorted(missing)}; the MONAI Label training task "
-            "replaces them to read studies and label maps."
-        )
-    return out
+    classes = len(spec.labels) if num_classes is None else int(num_classes)
+    if classes < 1:
+        raise ValueError(f"num_classes must be positive (one channel per organ), got {num_classes}.")
+    return [
+        {"_target_": "kvmonai.data.LoadVolumed", "keys": ["image", "label"]},
+        {
+            "_target_": "kvmonai.label.transforms.LabelMapToChannelsd",
+            "keys": "label",
+            "num_classes": classes,
+            "values_key": "label_values",
+        },
+    ]

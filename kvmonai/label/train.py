@@ -6,8 +6,7 @@ workflow, the same ``ConfigWorkflow`` as ``python -m monai.bundle run``, with th
 
 * ``data_split``: the studies with a saved final label (``<studies>/labels/final``), ``val_split`` of them held out
   for validation (in-sample validation when only one study is labelled);
-* ``volume_transforms``: studies and label maps read as in inference (see
-  :func:`kvmonai.label.bundles.adapt_volume_transforms`);
+* ``loading``: studies and label maps read as in inference (see :func:`kvmonai.label.bundles.study_loading`);
 * ``train#handlers``: when ``pretrained`` (fine-tuning), the current ``models/model.pt`` is loaded first and
   validated before the first epoch, so that only an epoch that beats it replaces it (a copy is kept as
   ``runs/monailabel_<run>/model_before.pt`` in any case); and a statistics writer for MONAI Label's ``train_stats``;
@@ -34,11 +33,11 @@ from typing import Any
 import torch
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
-from monailabel.utils.others.generic import device_list, name_to_device, strtobool
+from monailabel.utils.others.generic import device_list, name_to_device
 
-from kvmonai.label.bundles import BundleSpec, adapt_volume_transforms
+from kvmonai.label.bundles import BundleSpec, study_loading
 from kvmonai.label.datalist import label_values, split_items
-from kvmonai.utils import write_text_atomic
+from kvmonai.utils import as_flag, write_text_atomic
 
 __all__ = ["FINE_TUNE_LR_FACTOR", "KVBundleTrainTask"]
 
@@ -47,10 +46,6 @@ logger = logging.getLogger(__name__)
 #: default fine-tuning learning rate, relative to train.json's (a trained model does not survive the full rate:
 #: with a few studies, the one-cycle schedule's warm-up is shorter than one step)
 FINE_TUNE_LR_FACTOR = 0.1
-
-
-def _flag(value: Any) -> bool:
-    return bool(strtobool(str(value))) if isinstance(value, str) else bool(value)
 
 
 def _digest(path: Path) -> str | None:
@@ -101,7 +96,7 @@ class KVBundleTrainTask(BasicTrainTask):
             "learning_rate": float(parser["learning_rate"]) * FINE_TUNE_LR_FACTOR,
             "val_split": 0.2,
             "pretrained": True,
-            "mlflow": _flag(parser["mlflow"]),
+            "mlflow": as_flag("mlflow", parser["mlflow"]),
             "tracking_uri": os.environ.get("MONAI_LABEL_TRACKING_URI", ""),
             "device": device_list(),
             "multi_gpu": False,
@@ -182,12 +177,12 @@ class KVBundleTrainTask(BasicTrainTask):
 
         Raises:
             ValueError: for ``multi_gpu`` (run ``configs/multi_gpu_train.json`` with torchrun instead), no labelled
-                study, or a bad ``val_split``.
+                study, a bad ``val_split``, or a ``multi_gpu``/``pretrained``/``mlflow`` value that is not true/false.
         """
         logger.info(f"{self.spec.name}: train request {dict(request)}")
         req = copy.deepcopy(self._config)
         req.update(copy.deepcopy(dict(request)))
-        if _flag(req.get("multi_gpu", False)):
+        if as_flag("multi_gpu", req.get("multi_gpu", False)):
             raise ValueError(
                 "multi_gpu: the kvmonai MONAI Label task trains in one process; for several GPUs run the bundle's "
                 "configs/multi_gpu_train.json with torchrun (README 'Bundles')."
@@ -209,7 +204,8 @@ class KVBundleTrainTask(BasicTrainTask):
             the statistics of the run, with ``weights_updated`` (whether ``models/model.pt`` changed).
 
         Raises:
-            ValueError: no labelled study or a bad ``val_split``.
+            ValueError: no labelled study, a bad ``val_split``, or a ``pretrained``/``mlflow`` value that is not
+                true/false.
         """
         from kvmonai.bundle.workflow import bundle_workflow
 
@@ -227,7 +223,7 @@ class KVBundleTrainTask(BasicTrainTask):
         start = run_dir / "model_before.pt"
         if weights.is_file():  # kept whatever happens: a run may replace models/model.pt
             shutil.copy2(weights, start)
-        if not _flag(request.get("pretrained", True)) or not weights.is_file():
+        if not as_flag("pretrained", request.get("pretrained", True)) or not weights.is_file():
             logger.info(
                 f"{self.spec.name}: training from scratch ({weights} {'kept' if weights.is_file() else 'absent'})"
             )
@@ -260,13 +256,13 @@ class KVBundleTrainTask(BasicTrainTask):
             **self.spec.train_overrides,
             "bundle_root": str(self.spec.root),
             "data_split": [train_items, val_items],
-            "volume_transforms": adapt_volume_transforms(self.spec),
+            "loading": study_loading(self.spec),
             "train#handlers": handlers,
             "max_epochs": int(request["max_epochs"]),
             "learning_rate": float(request["learning_rate"]),
             "device": f"$torch.device('{device}')",
             "amp": device.startswith("cuda"),
-            "mlflow": _flag(request.get("mlflow", False)),
+            "mlflow": as_flag("mlflow", request.get("mlflow", False)),
             "output_dir": str(run_dir),
             "resume": False,
         }

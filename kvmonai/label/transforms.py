@@ -23,10 +23,9 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-__all__ = ["ChannelsToLabelMapd", "LabelMapToChannelsd", "RestoreInputGridd"]
+from kvmonai.data.io import RAS_AXIS_LABELS
 
-#: axis letters of MONAI's RAS affines (as in ``nibabel.aff2axcodes`` and :func:`kvmonai.data.load_volume`)
-_RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+__all__ = ["ChannelsToLabelMapd", "LabelMapToChannelsd", "RestoreInputGridd"]
 
 
 def _like(values: torch.Tensor, ref: Any) -> torch.Tensor:
@@ -199,7 +198,7 @@ class RestoreInputGridd(MapTransform):
             pred = d[key]
             if not isinstance(pred, MetaTensor):
                 raise ValueError(f"{key!r}: expected a MetaTensor with an affine, got {type(pred).__name__}.")
-            out = Orientation(axcodes=codes, labels=_RAS_LABELS)(pred)
+            out = Orientation(axcodes=codes, labels=RAS_AXIS_LABELS)(pred)
             got = np.asarray(out.affine.cpu(), dtype=np.float64)
             if tuple(out.shape[1:]) != shape or not np.allclose(got, affine, atol=self.atol):
                 raise ValueError(

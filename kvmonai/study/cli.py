@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+from kvmonai.utils import int_list
+
 __all__ = ["add_arguments", "run"]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,13 +31,6 @@ def _pair_list(text: str) -> list[tuple[str, str]]:
     return out
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}.") from None
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``kvmonai study``."""
     from kvmonai.networks import PRESETS
@@ -51,8 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "224 paper, 64 tiny)"
     )  # fmt: skip
     parser.add_argument("--epochs", type=int, default=36, help="training epochs per run (default: 36)")
-    parser.add_argument("--folds", type=_int_list, default=[0], help="validation folds, e.g. 0,1,2 (default: 0)")
-    parser.add_argument("--seeds", type=_int_list, default=[0], help="seeds, e.g. 0,1,2 (default: 0)")
+    parser.add_argument("--folds", type=int_list("--folds", minimum=0), default=[0],
+                        help="validation folds, e.g. 0,1,2 (default: 0)")  # fmt: skip
+    parser.add_argument("--seeds", type=int_list("--seeds", minimum=0), default=[0],
+                        help="seeds, e.g. 0,1,2 (default: 0)")  # fmt: skip
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--slices-per-volume", type=int, default=4, help="slices drawn per volume (default: 4)")
     parser.add_argument("--volumes-per-batch", type=int, default=2, help="volumes per step (default: 2)")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import statistics
@@ -11,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kvmonai.utils import write_text_atomic
+from kvmonai.utils import csv_text, markdown_table, write_text_atomic
 
 __all__ = ["METRICS", "paired_difference", "summarise", "write_report"]
 
@@ -89,7 +87,7 @@ def _fmt(mean: float | None, std: float | None, digits: int = 3) -> str:
 def _markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     head = ["architecture", "attention", "params (M)", "Δ params", "GMACs", "Δ MACs"]
     head += [label for label, _ in METRICS.values()] + ["latency vs QKV"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
+    table = []
     for r in rows:
         arch, attention = r["arch"], r["attention"]
         if r.get("reference"):
@@ -115,20 +113,8 @@ def _markdown_table(rows: Sequence[dict[str, Any]]) -> str:
             cells.append(text)
         ratio = r.get("latency_ratio")
         cells.append(f"{ratio:.3f}× [{r['latency_ratio_lo']:.3f}, {r['latency_ratio_hi']:.3f}]" if ratio else "")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _csv(rows: Sequence[dict[str, Any]]) -> str:
-    fields: list[str] = []
-    for r in rows:
-        fields += [k for k in r if k not in fields]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: ("" if v is None else v) for k, v in r.items()})
-    return buffer.getvalue()
+        table.append(cells)
+    return markdown_table(head, table, ["left"] * 2 + ["right"] * (len(head) - 2))
 
 
 def write_report(cfg: Any, results: Sequence[dict[str, Any]], failures: Sequence[dict[str, Any]]) -> Path:
@@ -137,8 +123,8 @@ def write_report(cfg: Any, results: Sequence[dict[str, Any]], failures: Sequence
 
     out = Path(cfg.out)
     rows = summarise(results)
-    write_text_atomic(out / "results.csv", _csv(rows))
-    write_text_atomic(out / "runs.csv", _csv(results))
+    write_text_atomic(out / "results.csv", csv_text(rows))
+    write_text_atomic(out / "runs.csv", csv_text(results))
     charts = []
     if rows:
         charts = [

@@ -51,3 +51,41 @@ def copy_bundle():
         return target
 
     return copy
+
+
+@pytest.fixture
+def fit_bundle():
+    """``fit(root, arch, image, label, size, steps=120)``: fit a tiny KV network to one volume, through the bundle's
+    own preprocessing, and save it as the bundle's ``models/model.pt``.
+
+    Over-fitting one volume takes seconds and yields a network with confident and borderline pixels alike, which is
+    what a precision or runtime change can flip; a network that predicts nothing would make a comparison vacuous.
+    """
+
+    def fit(root: Path, arch: str, image: Path, label: Path, size: int, steps: int = 120) -> None:
+        import torch
+        from monai.bundle import ConfigParser
+        from monai.losses import DiceFocalLoss
+        from monai.transforms import LoadImage, Resize
+
+        from kvmonai.bundle.checkpoint import save_atomic
+        from kvmonai.networks import create
+
+        parser = ConfigParser()
+        parser.read_config(str(root / "configs" / "inference.json"))
+        parser.update({"preset": "tiny", "img_size": size, "bundle_root": str(root)})
+        x = parser.get_parsed_content("preprocessing")({"image": str(image)})["image"].as_tensor()
+        y = LoadImage(image_only=True, ensure_channel_first=False)(str(label)).as_tensor().permute(3, 0, 1, 2).float()
+        y = Resize((size, size, -1), mode="nearest")(y).as_tensor()
+        x, y = x.permute(3, 0, 1, 2).contiguous(), y.permute(3, 0, 1, 2).contiguous()  # slices as the batch
+        torch.manual_seed(0)
+        net = create(arch, "kv", "tiny", img_size=size)
+        opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+        loss_fn = DiceFocalLoss(sigmoid=True, batch=True, gamma=0.0)
+        for _ in range(steps):
+            opt.zero_grad()
+            loss_fn(net(x), y).backward()
+            opt.step()
+        save_atomic(net.state_dict(), root / "models" / "model.pt")
+
+    return fit

@@ -80,6 +80,7 @@ def test_net_in_out_and_torchscript_export(name, tmp_path):
         torch.testing.assert_close(torch.jit.load(str(ts))(x), net(x), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_train_evaluate_infer(name, prepared, tiny, copy_bundle, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -8,49 +8,20 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
-from monai.bundle import ConfigParser
-from monai.losses import DiceFocalLoss
-from monai.transforms import LoadImage, Resize
 
-from kvmonai.bundle.checkpoint import save_atomic
 from kvmonai.bundle.workflow import bundle_workflow
 from kvmonai.metrics import pooled_dice
-from kvmonai.networks import create
 
 SIZE = 64
 
 
-def _fit(root: Path, arch: str, image: Path, label: Path, steps: int = 120) -> None:
-    """Fit a tiny network to one volume, through the bundle's own preprocessing, and save it as the bundle's model.
-
-    Over-fitting one volume takes seconds and yields a network with confident and borderline pixels alike, which is
-    what a precision change can flip; a network that predicts nothing would make the comparison vacuous.
-    """
-    parser = ConfigParser()
-    parser.read_config(str(root / "configs" / "inference.json"))
-    parser.update({"preset": "tiny", "img_size": SIZE, "bundle_root": str(root)})
-    x = parser.get_parsed_content("preprocessing")({"image": str(image)})["image"].as_tensor()
-    y = LoadImage(image_only=True, ensure_channel_first=False)(str(label)).as_tensor().permute(3, 0, 1, 2).float()
-    y = Resize((SIZE, SIZE, -1), mode="nearest")(y).as_tensor()
-    x, y = x.permute(3, 0, 1, 2).contiguous(), y.permute(3, 0, 1, 2).contiguous()  # slices as the batch
-    torch.manual_seed(0)
-    net = create(arch, "kv", "tiny", img_size=SIZE)
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    loss_fn = DiceFocalLoss(sigmoid=True, batch=True, gamma=0.0)
-    for _ in range(steps):
-        opt.zero_grad()
-        loss_fn(net(x), y).backward()
-        opt.step()
-    save_atomic(net.state_dict(), root / "models" / "model.pt")
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["setr_kv"])
-def test_fast_path_dice_within_0005_of_fp32(name, prepared, copy_bundle, tmp_path):
+def test_fast_path_dice_within_0005_of_fp32(name, prepared, copy_bundle, fit_bundle, tmp_path):
     root = copy_bundle(name, tmp_path)
     volume = next(v for v in json.loads(Path(prepared).read_text())["training"] if v["fold"] == 0)
     image, label = Path(prepared).parent / volume["image"], Path(prepared).parent / volume["label"]
-    _fit(root, name.rsplit("_", 1)[0], image, label)
+    fit_bundle(root, name.rsplit("_", 1)[0], image, label, SIZE)
 
     settings = {
         "fp32": {"precision": "fp32", "channels_last": False, "fuse": False},

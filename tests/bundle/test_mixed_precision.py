@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
+
 from kvmonai.bundle import bundle_workflow
 
 NAME = "cvt_kv"
@@ -20,6 +22,7 @@ def _train(root, overrides):
     return losses, json.loads((run_dir / "run_settings.json").read_text())
 
 
+@pytest.mark.slow
 def test_tiny_pair_trains_in_bf16_on_cpu(prepared, tiny, copy_bundle, tmp_path, monkeypatch):
     """``precision: bf16`` forces bf16 autocast (``auto`` would pick it only where the CPU has it natively)."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -31,6 +34,7 @@ def test_tiny_pair_trains_in_bf16_on_cpu(prepared, tiny, copy_bundle, tmp_path, 
     assert len(losses) == 6 and min(losses[-2:]) < 0.9 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_amp_false_trains_in_fp32(prepared, tiny, copy_bundle, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     root = copy_bundle(NAME, tmp_path)

@@ -43,6 +43,7 @@ def _epochs(csv_path: Path) -> list[int]:
         return [int(r["epoch"]) for r in csv.DictReader(f)]
 
 
+@pytest.mark.slow
 def test_interrupt_and_resume(prepared, tiny, copy_bundle, tmp_path):
     """Kill a CLI training run after its first epoch, resume it with one override: every epoch runs exactly once."""
     root = copy_bundle(NAME, tmp_path)
@@ -108,6 +109,7 @@ def test_interrupt_and_resume(prepared, tiny, copy_bundle, tmp_path):
     assert again.returncode != 0 and "raise the number of epochs" in again.stderr
 
 
+@pytest.mark.slow
 def test_false_on_the_command_line_switches_off(prepared, tiny, copy_bundle, tmp_path):
     """``--mlflow false`` arrives as the string "false" (fire keeps unknown words as strings): it must mean off."""
     root = copy_bundle(NAME, tmp_path)
@@ -121,6 +123,7 @@ def test_false_on_the_command_line_switches_off(prepared, tiny, copy_bundle, tmp
     assert "resumed from" not in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_foreign_weights_give_a_clear_error(prepared, tiny, copy_bundle, tmp_path):
     root = copy_bundle(NAME, tmp_path)
     (root / "models").mkdir()
@@ -145,6 +148,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_mlflow_server(prepared, tiny, copy_bundle, tmp_path):
     """A real `mlflow server` on 127.0.0.1: MLFLOW_TRACKING_URI sends the run there."""
     port = _free_port()
@@ -194,6 +198,7 @@ def test_mlflow_server(prepared, tiny, copy_bundle, tmp_path):
         server.wait(30)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes(prepared, tiny, copy_bundle, tmp_path):
     """multi_gpu_train.json under torchrun with 2 CPU processes (gloo)."""
     root = copy_bundle(NAME, tmp_path)

@@ -155,6 +155,20 @@ def test_scaling_is_gain_invariant():
         ScaleIntensityRobust(lower=90, upper=10)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.uint16])
+def test_scaling_is_the_exact_percentile_formula(dtype):
+    """The bundles' intensity step, on a float and a uint16 volume: exact percentiles (see the class docstring on
+    why MONAI's ScaleIntensityRangePercentiles, with torch.quantile in float32 on small volumes, is not used)."""
+    rng = np.random.default_rng(0)
+    vol = rng.gamma(2.0, 300.0, size=(1, 64, 64, 20)).astype(dtype)
+    out = ScaleIntensityRobustd("image")({"image": MetaTensor(torch.as_tensor(vol))})["image"]
+    lo, hi = np.percentile(vol.astype(np.float64), [0.5, 99.5])
+    expected = np.clip((vol.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0)
+    assert isinstance(out, MetaTensor) and out.dtype == torch.float32
+    np.testing.assert_allclose(out.numpy(), expected, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(ScaleIntensityRobust()(vol).numpy(), expected, atol=1e-6, rtol=0)  # numpy in
+
+
 def test_expand_slices_and_split_fold():
     items = [
         {"image": "a", "label": "la", "case": 1, "fold": 0, "num_slices": 4, "nonempty_slices": [1, 2]},

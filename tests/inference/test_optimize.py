@@ -56,6 +56,16 @@ def test_rewrites_happen_where_expected():
     assert frozen > 0 and not any(hasattr(m, "inference_module") for m in transunet.modules())
 
 
+def test_bundle_handler_follows_the_fuse_setting():
+    """``OptimizeForInference(network, fuse=...)`` takes the inference bundles' ``fuse`` (a string from the CLI)."""
+    from kvmonai.bundle import OptimizeForInference
+
+    for fuse, keeps_batch_norms in ((False, True), ("false", True), ("true", False), (True, False)):
+        net = _trained_looking(create("setr", "kv", "tiny", img_size=64))
+        OptimizeForInference(net, fuse=fuse, channels_last="false")(None)
+        assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) is keeps_batch_norms
+
+
 def test_fold_refuses_training_mode():
     with pytest.raises(ValueError, match="eval"):
         fold_batch_norms(create("setr", "kv", "tiny", img_size=64).train())
@@ -76,9 +86,17 @@ def test_autocast_dtype_choices():
 def test_boolean_settings_from_the_command_line():
     from kvmonai.utils import as_flag
 
-    assert as_flag("fold", "false") is False and as_flag("fold", "True") is True and as_flag("fold", False) is False
+    assert as_flag("fuse", "false") is False and as_flag("fuse", "True") is True and as_flag("fuse", False) is False
+    # MONAI Label requests: the words of distutils' strtobool, and 1/0
+    assert [as_flag("pretrained", v) for v in ("y", "T", " on ", 1, "yes")] == [True] * 5
+    assert [as_flag("pretrained", v) for v in ("n", "F", "off", 0, "NO")] == [False] * 5
+    for bad in ("maybe", None, 2, ""):
+        with pytest.raises(ValueError, match="multi_gpu must be true or false"):
+            as_flag("multi_gpu", bad)
     with pytest.raises(ValueError, match="channels_last must be true or false"):
         FastSliceInferer(roi_size=(64, 64), channels_last="maybe")
+    with pytest.raises(ValueError, match="fuse must be true or false"):
+        optimize_for_inference(torch.nn.Linear(2, 2), fuse="maybe")
 
 
 def test_fast_slice_inferer_matches_slice_inferer():

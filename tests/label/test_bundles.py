@@ -12,11 +12,11 @@ import torch
 from kvmonai.label import APP_DIR
 from kvmonai.label.bundles import (
     LabelAppSettings,
-    adapt_volume_transforms,
     default_bundles_dir,
     find_bundles,
     open_bundle,
     parse_overrides,
+    study_loading,
 )
 from kvmonai.label.datalist import label_values, split_items
 from kvmonai.label.handlers import TrainStatsWriter
@@ -107,13 +107,22 @@ def test_settings_from_conf(monkeypatch):
     assert LabelAppSettings.from_conf({"bundles": str(BUNDLES)}).models == ()
 
 
-def test_adapt_volume_transforms_reads_studies_like_inference():
+def test_study_loading_reads_studies_like_inference():
+    """The app overrides train.json's ``loading`` id; the rest of the preprocessing is the bundle's own."""
     spec = open_bundle(BUNDLES / "setr_kv")
-    out = adapt_volume_transforms(spec)
-    targets = [t["_target_"] for t in out]
-    assert targets[0] == "kvmonai.data.LoadVolumed" and out[0]["keys"] == ["image", "label"]
-    assert targets[1] == "kvmonai.label.transforms.LabelMapToChannelsd" and out[1]["values_key"] == "label_values"
-    assert "kvmonai.data.ScaleIntensityRobustd" in targets  # the rest of the recipe is kept
+    out = study_loading(spec)
+    assert [t["_target_"] for t in out] == ["kvmonai.data.LoadVolumed", "kvmonai.label.transforms.LabelMapToChannelsd"]
+    assert out[0]["keys"] == ["image", "label"] and out[1]["values_key"] == "label_values"
+    assert out[1]["num_classes"] == 3 and study_loading(spec, num_classes=2)[1]["num_classes"] == 2
+    with pytest.raises(ValueError, match="num_classes must be positive"):
+        study_loading(spec, num_classes=0)
+    bundle, app = spec.parser("train"), spec.parser("train")
+    app["loading"] = out
+    for id_ in ("train#preprocessing", "validate#preprocessing"):
+        kept = [type(t).__name__ for t in bundle.get_parsed_content(id_).transforms]
+        served = [type(t).__name__ for t in app.get_parsed_content(id_).transforms]
+        assert kept[:2] == ["LoadImaged", "EnsureChannelFirstd"]
+        assert served == ["LoadVolumed", "LabelMapToChannelsd", *kept[2:]]  # only the loading differs
 
 
 def test_adapted_transforms_load_a_study_and_its_label(tmp_path):
@@ -126,9 +135,7 @@ def test_adapted_transforms_load_a_study_and_its_label(tmp_path):
     nib.save(nib.Nifti1Image(rng.random((6, 4, 3)).astype(np.float32), np.eye(4)), tmp_path / "i.nii.gz")
     label = rng.integers(0, 4, (6, 4, 3)).astype(np.uint8)
     nib.save(nib.Nifti1Image(label, np.eye(4)), tmp_path / "l.nii.gz")
-    parser = ConfigParser(
-        {"t": {"_target_": "Compose", "transforms": adapt_volume_transforms(open_bundle(BUNDLES / "setr_kv"))}}
-    )
+    parser = ConfigParser({"t": {"_target_": "Compose", "transforms": study_loading(open_bundle(BUNDLES / "setr_kv"))}})
     d = parser.get_parsed_content("t")(
         {"image": str(tmp_path / "i.nii.gz"), "label": str(tmp_path / "l.nii.gz"), "label_values": [1, 2, 3]}
     )
@@ -137,14 +144,14 @@ def test_adapted_transforms_load_a_study_and_its_label(tmp_path):
     assert np.array_equal(d["label"][1].numpy(), (pls == 2).astype(np.float32))
 
 
-def test_adapt_volume_transforms_needs_the_loader(tmp_path):
+def test_bundle_without_a_loading_id_is_refused(tmp_path):
     root = tmp_path / "b"
     shutil.copytree(BUNDLES / "setr_kv" / "configs", root / "configs")
     config = json.loads((root / "configs" / "train.json").read_text())
-    config["volume_transforms"] = config["volume_transforms"][2:]
+    del config["loading"]
     (root / "configs" / "train.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="has no"):
-        adapt_volume_transforms(open_bundle(root))
+    with pytest.raises(ValueError, match=r"train.json: bundle 'b' lacks the ids \['loading'\]"):
+        open_bundle(root)
 
 
 def test_label_values():

@@ -154,6 +154,7 @@ def _infer(srv: Server, model: str, dest: Path, image: str | None = None, upload
     return r
 
 
+@pytest.mark.slow
 def test_info_lists_bundles_labels_and_trainers(server: Server):
     info = requests.get(f"{server.url}/info/", timeout=30).json()
     labels = {"large_bowel": 1, "small_bowel": 2, "stomach": 3}
@@ -170,6 +171,7 @@ def test_info_lists_bundles_labels_and_trainers(server: Server):
     assert info["datastore"]["total"] == 1
 
 
+@pytest.mark.slow
 def test_infer_returns_the_bundles_label_on_the_input_grid(server: Server, tmp_path: Path):
     study = server.studies / "study1.nii.gz"
     r = _infer(server, "setr_kv", tmp_path / "label.nii.gz", image="study1")
@@ -193,6 +195,7 @@ def test_infer_returns_the_bundles_label_on_the_input_grid(server: Server, tmp_p
     assert np.array_equal(np.asarray(nib.load(tmp_path / "upload.nii.gz").dataobj), values)
 
 
+@pytest.mark.slow
 def test_infer_errors_name_the_problem(server: Server, tmp_path: Path):
     r = _infer(server, "unetr_kv", tmp_path / "x.nii.gz", image="study1")
     assert r.status_code == 409 and "no trained weights" in r.json()["detail"] and "unetr_kv" in r.json()["detail"]
@@ -216,6 +219,7 @@ def _train(srv: Server, params: dict) -> dict:
     return requests.get(f"{srv.url}/info/", timeout=30).json()["train_stats"]["setr_kv"]
 
 
+@pytest.mark.slow
 def test_training_through_rest_fine_tunes_the_served_weights(server: Server, tmp_path: Path):
     """Submit a label as 3D Slicer does, fine-tune one tiny epoch, retrain from scratch, get the new weights served."""
     bundle = server.bundles / "setr_kv"

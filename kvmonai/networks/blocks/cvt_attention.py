@@ -194,15 +194,10 @@ class CvTBlock(nn.Module):
         dim: token channels.
         num_heads: attention heads.
         mlp_ratio: MLP hidden width relative to ``dim``.
-        qkv_bias: bias of the q/k/v Linear layers.
         dropout_rate: dropout of the attention and MLP.
         drop_path: stochastic-depth probability of both residual branches.
-        kernel_size: kernel of the depthwise projections.
-        stride_kv: stride of the key/value projections.
-        attention: ``"qkv"``, ``"kv"`` or ``"kvpos"``.
-        kv_mode: see :class:`CvTAttention`.
-        pos_channels: channels ``m`` of the KV+Pos correction.
-        attn_scale: ``"dim"`` or ``"head"``.
+        attention_kwargs: further :class:`CvTAttention` arguments (``qkv_bias``, ``kernel_size``, ``stride_kv``,
+            ``attention``, ``kv_mode``, ``pos_channels``, ``attn_scale``).
 
     Raises:
         ValueError: for invalid attention arguments (see :class:`CvTAttention`).
@@ -213,21 +208,13 @@ class CvTBlock(nn.Module):
         dim: int,
         num_heads: int,
         mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
         dropout_rate: float = 0.0,
         drop_path: float = 0.0,
-        kernel_size: int = 3,
-        stride_kv: int = 2,
-        attention: str = "qkv",
-        kv_mode: str = "shared_stride1",
-        pos_channels: int = 50,
-        attn_scale: str = "dim",
+        **attention_kwargs: Any,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = CvTAttention(
-            dim, num_heads, qkv_bias, dropout_rate, kernel_size, stride_kv, attention, kv_mode, pos_channels, attn_scale
-        )
+        self.attn = CvTAttention(dim, num_heads, dropout_rate=dropout_rate, **attention_kwargs)
         self.drop_path: nn.Module = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLPBlock(dim, int(dim * mlp_ratio), dropout_rate)

@@ -29,6 +29,7 @@ __all__ = [
     "positional_split",
     "routed_sdpa",
     "sincos_embedding",
+    "split_fused",
 ]
 
 #: the attention variants every kvmonai network accepts
@@ -140,6 +141,7 @@ def key_position_bias(
     num_keys: int,
     pos_channels: int,
     inv_freq: Optional[torch.Tensor] = None,  # noqa: UP045
+    check: bool = True,
 ) -> torch.Tensor:
     """Per-key logit bias ``g(j) + b`` of KV+Pos for ``num_keys`` keys, shape ``(num_keys,)``.
 
@@ -158,6 +160,7 @@ def key_position_bias(
         pos_channels: ``m``.
         inv_freq: :func:`positional_frequencies` of ``m`` on ``weight``'s device (a module keeps them as a buffer);
             computed here when ``None``.
+        check: check ``num_keys``; modules pass ``False``, so that it may be a traced size.
 
     Returns:
         tensor of shape ``(num_keys,)`` with ``weight``'s dtype and device.
@@ -165,19 +168,8 @@ def key_position_bias(
     Raises:
         ValueError: if ``num_keys`` or ``pos_channels`` is smaller than 1.
     """
-    if num_keys < 1:
+    if check and num_keys < 1:
         raise ValueError(f"num_keys must be >= 1, got {num_keys}.")
-    return _key_position_bias(weight, bias, num_keys, pos_channels, inv_freq)
-
-
-def _key_position_bias(
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    num_keys: int,
-    pos_channels: int,
-    inv_freq: Optional[torch.Tensor] = None,  # noqa: UP045
-) -> torch.Tensor:
-    """:func:`key_position_bias` without the argument check, so that ``num_keys`` may be a traced size."""
     query_channels, key_channels = positional_split(pos_channels)
     if inv_freq is None:
         inv_freq = positional_frequencies(pos_channels).to(device=weight.device, dtype=torch.float32)
@@ -227,7 +219,7 @@ class KVPositionCorrection(nn.Linear):
 
     def key_bias(self, num_keys: int) -> torch.Tensor:
         """The per-key logit bias ``g(j) + b`` for ``num_keys`` keys, shape ``(num_keys,)``."""
-        return _key_position_bias(self.weight, self.bias, num_keys, self.pos_channels, self.inv_freq)
+        return key_position_bias(self.weight, self.bias, num_keys, self.pos_channels, self.inv_freq, check=False)
 
     def elementwise_ops(self, num_heads: int, dim_head: int, num_queries: int, num_keys: int) -> int:
         """Element-wise operations of one application, which MAC counts leave out.
@@ -236,6 +228,13 @@ class KVPositionCorrection(nn.Linear):
         additions (bias on the logits).
         """
         return num_heads * num_queries * dim_head + num_keys * self.key_channels + num_heads * num_queries * num_keys
+
+
+def split_fused(t: torch.Tensor, parts: int, num_heads: int, dim_head: int) -> torch.Tensor:
+    """Split a fused projection ``(B, n, parts * heads * d)`` laid out as ``(parts, heads, d)`` (MONAI's ``qkv``,
+    Swin's ``qkv``, kvmonai's ``kv``) into ``(parts, B, heads, n, d)``."""
+    b, n = t.shape[0], t.shape[1]
+    return t.reshape(b, n, parts, num_heads, dim_head).permute(2, 0, 3, 1, 4)
 
 
 def routed_sdpa(
@@ -455,11 +454,9 @@ class KVSelfAttention(nn.Module):
         b, n = x.shape[0], x.shape[1]
         if self.use_combined_linear:
             if self.attention == "qkv":
-                qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.dim_head).permute(2, 0, 3, 1, 4)
-                q, k, v = qkv[0], qkv[1], qkv[2]
+                q, k, v = split_fused(self.qkv(x), 3, self.num_heads, self.dim_head).unbind(0)
             else:
-                kv = self.kv(x).reshape(b, n, 2, self.num_heads, self.dim_head).permute(2, 0, 3, 1, 4)
-                k, v = kv[0], kv[1]
+                k, v = split_fused(self.kv(x), 2, self.num_heads, self.dim_head).unbind(0)
                 q = k
         else:
             k = self._split_heads(self.to_k(x))

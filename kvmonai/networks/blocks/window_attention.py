@@ -8,7 +8,7 @@ import torch
 from monai.networks.nets.swin_unetr import WindowAttention
 from torch import nn
 
-from kvmonai.networks.blocks.kv_attention import routed_sdpa
+from kvmonai.networks.blocks.kv_attention import routed_sdpa, split_fused
 from kvmonai.utils import check_option
 
 __all__ = ["WINDOW_ATTENTION_VARIANTS", "WINDOW_KVPOS_NOTE", "KVWindowAttention"]
@@ -81,11 +81,9 @@ class KVWindowAttention(WindowAttention):
         """
         b, n, c = x.shape
         if self.attention == "qkv":
-            qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-            q, k, v = qkv[0], qkv[1], qkv[2]
+            q, k, v = split_fused(self.qkv(x), 3, self.num_heads, self.head_dim).unbind(0)
         else:
-            kv = self.kv(x).reshape(b, n, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-            k, v = kv[0], kv[1]
+            k, v = split_fused(self.kv(x), 2, self.num_heads, self.head_dim).unbind(0)
             q = k
         index = self.relative_position_index.clone()[:n, :n].reshape(-1)
         bias = self.relative_position_bias_table[index].reshape(n, n, -1).permute(2, 0, 1).unsqueeze(0)
