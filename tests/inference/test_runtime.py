@@ -82,3 +82,18 @@ def test_bad_settings_are_named():
         RuntimeNetwork(net, "openvino", "fp32", batch_size=0)
     hint, why = openvino_precision("auto")
     assert hint in ("bf16", "f32") and ("native" in why)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["transunet", "cvt", "unetr", "swin_unetr", "unet"])
+def test_every_architecture_converts_and_agrees(arch, tmp_path):
+    """Each network converts through torch.export and matches torch (SETR is covered above)."""
+    from kvmonai.networks import attentions_for
+
+    torch.manual_seed(0)
+    attention = "kvpos" if "kvpos" in attentions_for(arch) else attentions_for(arch)[-1]
+    net = create(arch, attention, "tiny", img_size=64).eval()
+    runtime = RuntimeNetwork(net, "openvino", "fp32", batch_size=2, cache_dir=tmp_path)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(runtime(x), net(x), rtol=1e-3, atol=1e-4)
