@@ -63,31 +63,38 @@ def main() -> int:
         "openvino int8": openvino_gemm_throughput("int8"),
     }
     size = PRESET_IMG_SIZE["paper"]
-    rows = []
-    for attention in args.attentions:
-        archs = [a for a in args.archs if attention in attentions_for(a)]
-        for r in benchmark_case(archs, attention, "paper", args.settings, args.workdir, slices=args.slices):
-            rows.append(r.as_row())
-    gmacs = {}
-    for r in rows:
-        key = (r["arch"], r["attention"])
-        if key not in gmacs:
-            net = create(r["arch"], r["attention"], "paper", img_size=size).eval()
-            gmacs[key] = count_macs(net, (1, 3, size, size)) / 1e9
-    table = []
-    for r in rows:
-        flops = 2 * gmacs[(r["arch"], r["attention"])] * 1e9 * r["slices"]
-        ceiling_name = {
-            ("torch", "fp32"): "torch fp32",
-            ("torch", "bfloat16"): "torch bf16",
-            ("openvino", "fp32"): "openvino f32",
-            ("openvino", "bf16"): "openvino bf16",
-            ("openvino", "int8"): "openvino int8",
-        }[(r["runtime"], r["precision"])]
-        at_ceiling = flops / (ceilings[ceiling_name] * 1e9)
-        r.update(gmacs_per_slice=round(gmacs[(r["arch"], r["attention"])], 3), ceiling=ceiling_name)
-        r.update(seconds_at_ceiling=round(at_ceiling, 2), fraction_of_ceiling=round(at_ceiling / r["case_s"], 3))
-        table.append(r)
+    table: list[dict] = []
+    for attention in args.attentions:  # one bundle at a time, the table rewritten after each
+        for arch in [a for a in args.archs if attention in attentions_for(a)]:
+            net = create(arch, attention, "paper", img_size=size).eval()
+            gmacs = count_macs(net, (1, 3, size, size)) / 1e9
+            del net
+            for result in benchmark_case([arch], attention, "paper", args.settings, args.workdir, slices=args.slices):
+                table.append(_with_ceiling(result.as_row(), gmacs, ceilings))
+            _write(table, ceilings, args, start)
+    return 0
+
+
+def _with_ceiling(r: dict, gmacs: float, ceilings: dict[str, float]) -> dict:
+    """``r`` plus its GMACs per slice and the time its matrix FLOPs take at the ceiling of its precision."""
+    ceiling_name = {
+        ("torch", "fp32"): "torch fp32",
+        ("torch", "bfloat16"): "torch bf16",
+        ("openvino", "fp32"): "openvino f32",
+        ("openvino", "bf16"): "openvino bf16",
+        ("openvino", "int8"): "openvino int8",
+    }[(r["runtime"], r["precision"])]
+    at_ceiling = 2 * gmacs * 1e9 * r["slices"] / (ceilings[ceiling_name] * 1e9)
+    r.update(gmacs_per_slice=round(gmacs, 3), ceiling=ceiling_name)
+    r.update(seconds_at_ceiling=round(at_ceiling, 2), fraction_of_ceiling=round(at_ceiling / r["case_s"], 3))
+    return r
+
+
+def _ratio(reference: float | None, seconds: float) -> str:
+    return "–" if reference is None else f"{reference / seconds:.2f}×"
+
+
+def _write(table: list[dict], ceilings: dict[str, float], args: argparse.Namespace, start: float) -> None:
     fast = {(r["arch"], r["attention"]): r["case_s"] for r in table if r["setting"] == "fast"}
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on {_cpu()} ({torch.get_num_threads()} threads), torch "
@@ -114,7 +121,7 @@ def main() -> int:
                     r["setting"],
                     f"{r['runtime']} {r['precision']}",
                     f"{r['case_s']:.1f}",
-                    f"{fast[(r['arch'], r['attention'])] / r['case_s']:.2f}×",
+                    _ratio(fast.get((r["arch"], r["attention"])), r["case_s"]),
                     f"{r['gmacs_per_slice']:.1f}",
                     f"{r['seconds_at_ceiling']:.1f} ({r['ceiling']})",
                     f"{r['fraction_of_ceiling']:.2f}",
@@ -128,7 +135,6 @@ def main() -> int:
     write_text_atomic(args.out, "\n".join(lines))
     write_text_atomic(args.out.with_suffix(".csv"), csv_text(table))
     print("\n".join(lines))
-    return 0
 
 
 if __name__ == "__main__":
