@@ -125,18 +125,20 @@ def _int8_for_speed(root: Path, case: Path, preset: str, size: int) -> None:
     import openvino as ov
 
     from kvmonai.inference.quantize import bundle_network, calibration_batches, install_int8_model, quantize_network
-    from kvmonai.inference.runtime import INT8_MODEL_NAME, convert_to_openvino, network_fingerprint
+    from kvmonai.inference.runtime import INT8_MODEL_NAME, cached_openvino_model, network_fingerprint
 
     parser, network = bundle_network(root, {"preset": preset, "img_size": size})
     batch = int(parser.get_parsed_content("inferer").sw_batch_size)
     shape = [batch, int(parser.get_parsed_content("in_channels")), size, size]
     batches, slices, _ = calibration_batches(parser, [{"image": str(case)}], 32, shape[0], seed=0)
-    int8 = quantize_network(convert_to_openvino(network, shape), batches)
+    fingerprint = network_fingerprint(network, shape)
+    fp32 = cached_openvino_model(network, shape, parser.get_parsed_content("openvino_cache"), fingerprint)[0]
+    int8 = quantize_network(fp32, batches)
     staging = Path(tempfile.mkdtemp(dir=root / "models", prefix=".int8."))
     try:
         ov.save_model(int8, staging / f"{INT8_MODEL_NAME}.xml", compress_to_fp16=False)
         record = {
-            "fingerprint": network_fingerprint(network, shape),
+            "fingerprint": fingerprint,
             "purpose": f"speed benchmark only: random weights, calibrated on {slices} slices of the benchmark case",
         }
         install_int8_model(root / "models", staging, record)

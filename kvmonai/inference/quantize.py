@@ -123,9 +123,9 @@ def calibration_batches(
         slices += [np.asarray(image[..., int(k)], dtype=np.float32) for k in sorted(chosen)]
         if len(slices) >= subset:
             break
-    slices = slices[: max(subset, 1)]
-    while len(slices) % batch:  # whole batches: repeat from the start
-        slices.append(slices[len(slices) % max(len(slices), 1)])
+    slices = slices[:subset]
+    for i in range(-len(slices) % batch):  # whole batches: repeat slices from the start
+        slices.append(slices[i])
     batches = [np.stack(slices[i : i + batch]) for i in range(0, len(slices), batch)]
     return batches, len(slices), volumes
 
@@ -227,7 +227,7 @@ def quantize_bundle(
     import openvino as ov
 
     from kvmonai.data import load_datalist, split_fold
-    from kvmonai.inference.runtime import INT8_MODEL_NAME, convert_to_openvino, network_fingerprint
+    from kvmonai.inference.runtime import INT8_MODEL_NAME, cached_openvino_model, network_fingerprint
     from kvmonai.metrics import pooled_dice
 
     root = Path(bundle)
@@ -255,7 +255,9 @@ def quantize_bundle(
     batches, n_slices, n_volumes = calibration_batches(parser, train, int(subset), batch, seed)
     logger.info(f"quantize: {n_slices} calibration slices from {n_volumes} training volumes, input {shape}")
 
-    int8_model = quantize_network(convert_to_openvino(network, shape), batches)
+    # the fp32 model goes into the runtime's cache, where the fp32 evaluation below (and later inference) reads it
+    cache = parser.get_parsed_content("openvino_cache")
+    int8_model = quantize_network(cached_openvino_model(network, shape, cache, fingerprint)[0], batches)
 
     models = root / "models"
     models.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,7 @@ __all__ = [
     "RUNTIMES",
     "RUNTIME_PRECISIONS",
     "RuntimeNetwork",
+    "cached_openvino_model",
     "convert_to_openvino",
     "network_fingerprint",
     "openvino_precision",
@@ -103,6 +104,32 @@ def convert_to_openvino(network: nn.Module, input_shape: Sequence[int]) -> Any:
         model = ov.convert_model(exported)
     model.reshape([int(s) for s in input_shape])
     return model
+
+
+def cached_openvino_model(
+    network: nn.Module, input_shape: Sequence[int], cache_dir: str | os.PathLike, fingerprint: str | None = None
+) -> tuple[Any, Path, bool]:
+    """The fp32 OpenVINO model of ``network``, read from ``cache_dir`` or converted once and saved there.
+
+    Args:
+        network: an eval-mode network (weights loaded, rewrites applied).
+        input_shape: ``(batch, channels, height, width)``.
+        cache_dir: the cache folder (a subfolder per :func:`network_fingerprint`).
+        fingerprint: the network's fingerprint, when the caller has it already.
+
+    Returns:
+        ``(model, path of its .xml, whether it was converted now)``.
+    """
+    fingerprint = fingerprint or network_fingerprint(network, input_shape)
+    folder = Path(cache_dir) / fingerprint[:32]
+    path = folder / "model.xml"
+    if path.is_file() and (folder / "model.bin").is_file():
+        logger.info(f"OpenVINO: using the cached model {path}")
+        return _openvino().Core().read_model(path), path, False
+    logger.info(f"OpenVINO: converting the network for input {list(input_shape)} (once; cached in {folder})")
+    model = convert_to_openvino(network, input_shape)
+    _save_model_atomic(model, folder)
+    return model, path, True
 
 
 def openvino_precision(precision: str) -> tuple[str, str]:
@@ -216,17 +243,7 @@ class RuntimeNetwork(nn.Module):
             self.converted = False
             logger.info(f"OpenVINO: int8 model {path} (pooled Dice drop {record.get('dice_drop')} at quantisation)")
         else:
-            folder = self.cache_dir / fingerprint[:32]
-            path = folder / "model.xml"
-            if path.is_file() and (folder / "model.bin").is_file():
-                model = core.read_model(path)
-                self.converted = False
-                logger.info(f"OpenVINO: using the cached model {path}")
-            else:
-                logger.info(f"OpenVINO: converting the network for input {list(shape)} (once; cached in {folder})")
-                model = convert_to_openvino(self.network, shape)
-                _save_model_atomic(model, folder)
-                self.converted = True
+            model, path, self.converted = cached_openvino_model(self.network, shape, self.cache_dir, fingerprint)
             hint, why = openvino_precision(self.precision)
             config["INFERENCE_PRECISION_HINT"] = hint
             logger.info(f"OpenVINO: inference precision {why}")
