@@ -7,11 +7,11 @@ import argparse
 import csv
 import io
 import os
-import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from kvmonai.portable.files import atomic_output  # one implementation, which exported bundles carry too
 
 __all__ = [
     "as_flag",
@@ -25,27 +25,6 @@ __all__ = [
     "save_figure",
     "write_text_atomic",
 ]
-
-
-@contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` when the block succeeds, delete it otherwise.
-
-    Readers never see a partial file and an earlier ``path`` survives a failed write. The temporary name keeps the
-    suffix of ``path`` (``.pt``, ``.png``, ``.npz``...), so writers that infer the format from it work unchanged.
-
-    Args:
-        path: the destination; its folder is created.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)  # only still there when the block failed
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
@@ -178,7 +157,8 @@ def lazy_exports(
 
     Args:
         package: the package's ``__name__``.
-        submodules: public name -> submodule (relative to ``package``) that defines it.
+        submodules: public name -> submodule that defines it: relative to ``package``, or absolute
+            (``kvmonai.portable.transforms``).
         names: the package's ``__all__``.
     """
     import importlib
@@ -188,7 +168,8 @@ def lazy_exports(
         module = submodules.get(name)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(f"{package}.{module}"), name)
+        target = module if module.startswith("kvmonai.") else f"{package}.{module}"  # absolute, or relative
+        value = getattr(importlib.import_module(target), name)
         setattr(sys.modules[package], name, value)  # cached: later lookups skip __getattr__
         return value
 

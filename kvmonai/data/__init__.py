@@ -4,7 +4,7 @@ MONAI datalists and 2.5D transforms, and inference inputs (NIfTI, DICOM, PNG).
 Submodules: :mod:`~kvmonai.data.rle` (run-length codec), :mod:`~kvmonai.data.kaggle` (csv + PNG tree reader),
 :mod:`~kvmonai.data.synth` (synthetic dataset) and :mod:`~kvmonai.data.phantom` (its anatomy renderer),
 :mod:`~kvmonai.data.prepare` (NIfTI volumes + datalist),
-:mod:`~kvmonai.data.datalist` (folds, per-slice expansion), :mod:`~kvmonai.data.transforms` (MONAI transforms) and
+:mod:`~kvmonai.data.datalist` (folds, per-slice expansion), :mod:`~kvmonai.portable.transforms` (MONAI transforms, re-exported) and
 :mod:`~kvmonai.data.io` (inference inputs). See ``docs/data.md``.
 
 The names below are imported on first use, so that importing :mod:`kvmonai.data` (and running ``kvmonai synth``
@@ -61,7 +61,7 @@ if TYPE_CHECKING:
         plan_dataset,
         write_synthetic_dataset,
     )
-    from kvmonai.data.transforms import (
+    from kvmonai.portable.transforms import (
         DEFAULT_OFFSETS,
         ExtractSlice,
         ExtractSliced,
@@ -119,15 +119,15 @@ _SUBMODULE: dict[str, str] = {
     "expand_slices": "datalist",
     "load_datalist": "datalist",
     "split_fold": "datalist",
-    "DEFAULT_OFFSETS": "transforms",
-    "ExtractSlice": "transforms",
-    "ExtractSliced": "transforms",
-    "NeighbourChannels": "transforms",
-    "NeighbourChannelsd": "transforms",
-    "RandSliceSamplerd": "transforms",
-    "ScaleIntensityRobust": "transforms",
-    "ScaleIntensityRobustd": "transforms",
-    "neighbour_indices": "transforms",
+    "DEFAULT_OFFSETS": "kvmonai.portable.transforms",
+    "ExtractSlice": "kvmonai.portable.transforms",
+    "ExtractSliced": "kvmonai.portable.transforms",
+    "NeighbourChannels": "kvmonai.portable.transforms",
+    "NeighbourChannelsd": "kvmonai.portable.transforms",
+    "RandSliceSamplerd": "kvmonai.portable.transforms",
+    "ScaleIntensityRobust": "kvmonai.portable.transforms",
+    "ScaleIntensityRobustd": "kvmonai.portable.transforms",
+    "neighbour_indices": "kvmonai.portable.transforms",
     "CANONICAL_AXCODES": "io",
     "RAS_AXIS_LABELS": "io",
     "LoadVolumed": "io",

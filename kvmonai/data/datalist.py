@@ -124,7 +124,7 @@ def expand_slices(
 
     Each output entry is a copy of its volume entry (minus the keys in ``drop``) plus ``slice_key`` (0-based slice
     index along the last spatial axis) and ``"nonempty"`` (whether any organ is present, from the datalist).
-    Use it with :class:`kvmonai.data.transforms.ExtractSliced` after loading the volume; for large sets, prefer
+    Use it with :class:`kvmonai.portable.transforms.ExtractSliced` after loading the volume; for large sets, prefer
     loading each volume once (see ``docs/data.md``).
 
     Args:

@@ -3,10 +3,9 @@
 :func:`load_volume` accepts a NIfTI file, a DICOM series folder (or one DICOM file), or a folder of PNG slices
 (Kaggle-named ``slice_SSSS_W_H_PW_PH.png`` or any other names, sorted naturally) and returns what
 ``LoadImaged`` + ``EnsureChannelFirstd`` give for a ``kvmonai prepare`` image: a ``float32`` ``MetaTensor`` of
-shape ``(1, H, W, D)`` in orientation ``PLS`` (rows posterior, columns patient-left, slices superior), so that
-``[0, ..., z]`` looks like an axial slice in radiological display. NIfTI goes through MONAI's ``NibabelReader``,
-DICOM through ``ITKReader`` (default) or ``PydicomReader``, generic PNGs through ``PILReader``; everything is then
-reoriented with MONAI's ``Orientation``.
+shape ``(1, H, W, D)`` in orientation ``PLS``. NIfTI and DICOM go through :mod:`kvmonai.portable.volume` (the loader
+exported bundles carry, with its DICOM series checks); this module adds PNG folders, read with kvmonai's Kaggle
+reader or MONAI's ``PILReader``, which exported bundles do not need.
 """
 
 from __future__ import annotations
@@ -25,60 +24,18 @@ from monai.transforms import MapTransform
 from monai.utils import SpaceKeys
 
 from kvmonai.data.kaggle import SLICE_THICKNESS_MM, KaggleFormatError, parse_slice_filename, read_slice_png
-from kvmonai.data.prepare import ORIENTATION, kaggle_affine
+from kvmonai.data.prepare import kaggle_affine
+from kvmonai.portable.volume import CANONICAL_AXCODES, RAS_AXIS_LABELS, to_canonical
+from kvmonai.portable.volume import LoadVolumed as PortableLoadVolumed
+from kvmonai.portable.volume import load_volume as portable_load_volume
 
 __all__ = ["CANONICAL_AXCODES", "RAS_AXIS_LABELS", "LoadVolumed", "load_volume"]
 
-#: orientation of every loaded volume (same as the prepared NIfTI files)
-CANONICAL_AXCODES: str = "".join(ORIENTATION)
-#: axis letters of MONAI's RAS affines (as in ``nibabel.aff2axcodes``), for ``Orientation(axcodes, labels=...)``;
-#: given explicitly, they keep MONAI from reading a ``"space"`` metadata item of ``LPS`` as flipped axes
-RAS_AXIS_LABELS: tuple[tuple[str, str], ...] = (("L", "R"), ("P", "A"), ("I", "S"))
 _KAGGLE_NAME = re.compile(r"slice_\d{4,}_\d+_\d+_[\d.]+_[\d.]+\.png")
-_NIFTI = (".nii", ".nii.gz")
 
 
 def _natural_key(name: str) -> list[Any]:
     return [int(p) if p.isdigit() else p.lower() for p in re.split(r"(\d+)", name)]
-
-
-def _is_dicom(path: Path) -> bool:
-    if path.suffix.lower() == ".dcm":
-        return True
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def _finish(img: torch.Tensor, source: Path) -> MetaTensor:
-    """Reorient to PLS, cast to float32 and reject non-finite voxels."""
-    from monai.transforms import Orientation
-
-    if not isinstance(img, MetaTensor):
-        raise TypeError("internal: expected a MetaTensor from LoadImage.")
-    if img.shape[0] != 1:
-        raise ValueError(
-            f"{source}: {img.shape[0]} channels; expected a single-channel grayscale volume (select one channel first)."
-        )
-    if img.ndim == 3:  # one 2D slice -> depth 1
-        img = img.unsqueeze(-1)
-        affine = torch.eye(4, dtype=torch.float64)
-        affine[:2, :2] = img.affine[:2, :2]
-        affine[:2, 3] = img.affine[:2, 2]
-        img.affine = affine
-    if img.ndim != 4:
-        raise ValueError(f"{source}: {img.ndim - 1} spatial dimensions; expected a 2D slice or a 3D volume.")
-    img = Orientation(axcodes=CANONICAL_AXCODES, labels=RAS_AXIS_LABELS)(img.float())
-    bad = int((~torch.isfinite(img.as_tensor())).sum())
-    if bad:
-        raise ValueError(
-            f"{source}: {bad} of {img.numel()} voxels are NaN or infinite; fix the file (e.g. replace them with 0 "
-            "using numpy.nan_to_num) before inference."
-        )
-    return img
 
 
 def _load_png_folder(folder: Path, files: Sequence[Path], spacing: Sequence[float] | None) -> MetaTensor:
@@ -119,11 +76,14 @@ def _load_png_folder(folder: Path, files: Sequence[Path], spacing: Sequence[floa
         raise ValueError(f"spacing must be (row, column, slice) in mm, got {sp}.")
     vol = torch.from_numpy(np.stack(slices, axis=-1).astype(np.float32))[None]
     meta = {"filename_or_obj": str(folder), "space": SpaceKeys.RAS.value, "original_channel_dim": "no_channel"}
-    return _finish(MetaTensor(vol, affine=torch.as_tensor(kaggle_affine(sp)), meta=meta), folder)
+    return to_canonical(MetaTensor(vol, affine=torch.as_tensor(kaggle_affine(sp)), meta=meta), folder)
 
 
 def load_volume(
-    path: str | os.PathLike, dicom_reader: str = "itk", spacing: Sequence[float] | None = None
+    path: str | os.PathLike,
+    dicom_reader: str = "itk",
+    spacing: Sequence[float] | None = None,
+    series: str | int | None = None,
 ) -> MetaTensor:
     """Load a NIfTI file, a DICOM series or a PNG folder as a ``(1, H, W, D)`` float32 volume in ``PLS``.
 
@@ -133,6 +93,7 @@ def load_volume(
         dicom_reader: ``"itk"`` (MONAI ``ITKReader``) or ``"pydicom"`` (MONAI ``PydicomReader``).
         spacing: ``(row, column, slice)`` spacing in mm for PNG folders; default from Kaggle file names, else
             ``(1, 1, 3)``. Ignored for NIfTI and DICOM, which carry their own geometry.
+        series: the SeriesInstanceUID or SeriesNumber to read when a DICOM folder holds several series.
 
     Returns:
         a ``MetaTensor`` whose ``affine`` maps voxels to RAS millimetres.
@@ -140,51 +101,36 @@ def load_volume(
     Raises:
         FileNotFoundError: when ``path`` does not exist.
         ValueError: when the input kind is not recognised, is not single-channel 2D/3D, or holds NaN/inf voxels
-            (:class:`~kvmonai.data.kaggle.KaggleFormatError` for malformed Kaggle PNGs).
+            (:class:`~kvmonai.data.kaggle.KaggleFormatError` for malformed Kaggle PNGs,
+            :class:`~kvmonai.portable.dicom.DicomInputError` for a DICOM input that is not one regular series).
     """
-    from monai.transforms import LoadImage
-
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file or folder.")
-    if dicom_reader not in ("itk", "pydicom"):
-        raise ValueError(f"dicom_reader must be 'itk' or 'pydicom', got {dicom_reader!r}.")
-    dicom = "ITKReader" if dicom_reader == "itk" else "PydicomReader"
-    if p.is_file():
-        name = p.name.lower()
-        if name.endswith(_NIFTI):
-            reader = "NibabelReader"
-        elif _is_dicom(p):
-            reader = dicom
-        elif name.endswith(".png"):
-            return _load_png_folder(p.parent, [p], spacing)
-        else:
-            raise ValueError(f"{p}: not a NIfTI (.nii/.nii.gz), DICOM or PNG file.")
-        try:
-            img = LoadImage(reader=reader, image_only=True, ensure_channel_first=True)(p)
-        except Exception as e:  # readers raise many types on broken files
-            raise ValueError(f"{p}: {reader} could not read the file ({e}).") from e
-        return _finish(img, p)
-    entries = [e for e in sorted(p.iterdir()) if e.is_file() and not e.name.startswith(".")]
-    pngs = [e for e in entries if e.suffix.lower() == ".png"]
-    if pngs:
-        return _load_png_folder(p, pngs, spacing)
-    if any(_is_dicom(e) for e in entries):
-        try:
-            img = LoadImage(reader=dicom, image_only=True, ensure_channel_first=True)(p)
-        except Exception as e:
-            raise ValueError(f"{p}: {dicom} could not read the DICOM series ({e}).") from e
-        return _finish(img, p)
-    raise ValueError(f"{p}: folder holds neither PNG slices nor DICOM files.")
+    if p.is_file() and p.name.lower().endswith(".png"):
+        return _load_png_folder(p.parent, [p], spacing)
+    if p.is_dir():
+        pngs = [e for e in sorted(p.iterdir()) if e.is_file() and e.suffix.lower() == ".png" and e.name[0] != "."]
+        if pngs:
+            return _load_png_folder(p, pngs, spacing)
+    try:
+        return portable_load_volume(p, dicom_reader, series)
+    except ValueError as e:
+        if "not a NIfTI file" not in str(e):
+            raise
+        if p.is_dir():
+            raise ValueError(f"{p}: folder holds neither PNG slices nor DICOM files.") from None
+        raise ValueError(f"{p}: not a NIfTI (.nii/.nii.gz), DICOM or PNG file.") from None
 
 
-class LoadVolumed(MapTransform):
-    """Dictionary transform around :func:`load_volume`, for inference configs.
+class LoadVolumed(PortableLoadVolumed):
+    """Dictionary transform around :func:`load_volume` (NIfTI, DICOM and PNG folders), for inference configs.
 
     Args:
         keys: keys holding paths.
         dicom_reader: ``"itk"`` or ``"pydicom"``.
         spacing: spacing for PNG folders (see :func:`load_volume`).
+        series: the DICOM series to read from a folder with several (SeriesInstanceUID or SeriesNumber).
         allow_missing_keys: do not raise when a key is absent.
     """
 
@@ -193,22 +139,12 @@ class LoadVolumed(MapTransform):
         keys: KeysCollection,
         dicom_reader: str = "itk",
         spacing: Sequence[float] | None = None,
+        series: str | int | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.dicom_reader = dicom_reader
+        super().__init__(keys, dicom_reader, series, allow_missing_keys)
         self.spacing = spacing
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        """Load every key.
-
-        Args:
-            data: the sample with paths.
-
-        Returns:
-            a copy with the paths replaced by volumes.
-        """
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = load_volume(d[key], self.dicom_reader, self.spacing)
-        return d
+    def load(self, path: str | os.PathLike) -> MetaTensor:
+        """One input as a volume: PNG folders here, NIfTI and DICOM through the portable loader."""
+        return load_volume(path, self.dicom_reader, self.spacing, self.series)

@@ -10,7 +10,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
 from kvmonai.data.datalist import expand_slices, load_datalist, split_fold
 from kvmonai.data.prepare import kaggle_affine
-from kvmonai.data.transforms import (
+from kvmonai.portable.transforms import (
     ExtractSlice,
     ExtractSliced,
     NeighbourChannels,

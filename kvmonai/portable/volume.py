@@ -1,0 +1,196 @@
+"""Load a NIfTI volume or a DICOM series into the form the networks were trained on: ``(1, H, W, D)`` in ``PLS``.
+
+Training volumes (``kvmonai prepare``) are float32 arrays of rows x columns x slices in orientation ``PLS`` (rows
+posterior, columns patient-left, slices superior), so that ``[0, ..., z]`` looks like an axial slice in
+radiological display. :func:`load_volume` reads NIfTI with MONAI's ``NibabelReader`` and DICOM with MONAI's
+``ITKReader`` (default) or ``PydicomReader``, after :func:`~kvmonai.portable.dicom.find_series` has checked that
+the DICOM input is one regular series, and reorients with MONAI's ``Orientation``.
+
+DICOM volumes carry two extra metadata items, ``dicom_source`` (the file or folder given) and ``dicom_series``
+(the SeriesInstanceUID read), which :class:`~kvmonai.portable.dicom_seg.SaveDicomSegd` uses to reference the source
+images. MONAI's ``LoadImage`` alone would read a folder of two series as one (ITK) or mix them (pydicom), which is
+why this loader exists.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+
+from .dicom import DicomInputError, find_series, is_dicom_file
+
+__all__ = [
+    "CANONICAL_AXCODES",
+    "DICOM_SERIES_KEY",
+    "DICOM_SOURCE_KEY",
+    "NIFTI_SUFFIXES",
+    "RAS_AXIS_LABELS",
+    "LoadVolumed",
+    "load_volume",
+    "to_canonical",
+]
+
+#: orientation of every loaded volume (the same as the prepared training volumes)
+CANONICAL_AXCODES: str = "PLS"
+#: axis letters of MONAI's RAS affines (as in ``nibabel.aff2axcodes``), for ``Orientation(axcodes, labels=...)``;
+#: given explicitly, they keep MONAI from reading a ``"space"`` metadata item of ``LPS`` as flipped axes
+RAS_AXIS_LABELS: tuple[tuple[str, str], ...] = (("L", "R"), ("P", "A"), ("I", "S"))
+#: metadata keys of a DICOM volume: the file or folder given, and the SeriesInstanceUID read
+DICOM_SOURCE_KEY = "dicom_source"
+DICOM_SERIES_KEY = "dicom_series"
+NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
+_READERS = {"itk": "ITKReader", "pydicom": "PydicomReader"}
+
+
+def to_canonical(img: torch.Tensor, source: str | os.PathLike) -> MetaTensor:
+    """A channel-first 2D or 3D ``MetaTensor`` as a float32 ``(1, H, W, D)`` volume in ``PLS``.
+
+    Args:
+        img: what MONAI's ``LoadImage(ensure_channel_first=True)`` returned.
+        source: the input, for messages.
+
+    Raises:
+        ValueError: for several channels, other than 2 or 3 spatial dimensions, or NaN/infinite voxels.
+    """
+    from monai.transforms import Orientation
+
+    if not isinstance(img, MetaTensor):
+        raise TypeError("internal: expected a MetaTensor from LoadImage.")
+    if img.shape[0] != 1:
+        raise ValueError(
+            f"{source}: {img.shape[0]} channels; expected a single-channel grayscale volume (select one channel first)."
+        )
+    if img.ndim == 3:  # one 2D slice -> depth 1
+        img = img.unsqueeze(-1)
+        affine = torch.eye(4, dtype=torch.float64)
+        affine[:2, :2] = img.affine[:2, :2]
+        affine[:2, 3] = img.affine[:2, 2]
+        img.affine = affine
+    if img.ndim != 4:
+        raise ValueError(f"{source}: {img.ndim - 1} spatial dimensions; expected a 2D slice or a 3D volume.")
+    img = Orientation(axcodes=CANONICAL_AXCODES, labels=RAS_AXIS_LABELS)(img.float())
+    bad = int((~torch.isfinite(img.as_tensor())).sum())
+    if bad:
+        raise ValueError(
+            f"{source}: {bad} of {img.numel()} voxels are NaN or infinite; fix the file (e.g. replace them with 0 "
+            "using numpy.nan_to_num) before inference."
+        )
+    return img
+
+
+def _read(reader: str, path: Path) -> MetaTensor:
+    from monai.transforms import LoadImage
+
+    return LoadImage(reader=reader, image_only=True, ensure_channel_first=True)(path)
+
+
+def _load_dicom(path: Path, reader: str, series: str | int | None) -> MetaTensor:
+    found = find_series(path, series)
+    try:
+        if path.is_file() or (found.others == 0 and not _has_other_dicom(path, found.files)):
+            img = _read(reader, path)
+        else:  # MONAI reads a folder as one series: read the chosen one from a folder of links to its files
+            with tempfile.TemporaryDirectory(prefix="kvmonai-series-") as tmp:
+                for i, f in enumerate(found.files):
+                    os.symlink(f.resolve(), Path(tmp) / f"{i:05d}.dcm")
+                img = _read(reader, Path(tmp))
+    except Exception as e:  # readers raise many types on broken files
+        raise DicomInputError(f"{path}: {reader} could not read {found.label()} ({e}).") from e
+    if img.ndim == 4 and img.shape[-1] != len(found.files):
+        raise DicomInputError(
+            f"{path}: {reader} read {img.shape[-1]} slices of {found.label()}, which has {len(found.files)} files."
+        )
+    img.meta["filename_or_obj"] = str(path)
+    img.meta[DICOM_SOURCE_KEY] = str(path)
+    img.meta[DICOM_SERIES_KEY] = found.uid
+    return to_canonical(img, path)
+
+
+def _has_other_dicom(folder: Path, files: tuple[Path, ...]) -> bool:
+    """Whether ``folder`` holds DICOM files outside ``files`` (e.g. a DICOMDIR or a structured report)."""
+    keep = {f.name for f in files}
+    return any(e.is_file() and e.name not in keep and is_dicom_file(e) for e in folder.iterdir())
+
+
+def load_volume(path: str | os.PathLike, dicom_reader: str = "itk", series: str | int | None = None) -> MetaTensor:
+    """Load a NIfTI file or a DICOM series (folder or single file) as a ``(1, H, W, D)`` float32 volume in ``PLS``.
+
+    Args:
+        path: a ``.nii``/``.nii.gz`` file, a DICOM file, or a folder of DICOM files.
+        dicom_reader: ``"itk"`` (MONAI ``ITKReader``) or ``"pydicom"`` (MONAI ``PydicomReader``).
+        series: the SeriesInstanceUID or SeriesNumber to read when a DICOM folder holds several series.
+
+    Returns:
+        a ``MetaTensor`` whose ``affine`` maps voxels to RAS millimetres.
+
+    Raises:
+        FileNotFoundError: when ``path`` does not exist.
+        DicomInputError: for a DICOM input that is not one regular series (see
+            :func:`~kvmonai.portable.dicom.find_series`).
+        ValueError: when the input kind is not recognised, is not single-channel 2D/3D, or holds NaN/inf voxels.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file or folder.")
+    if dicom_reader not in _READERS:
+        raise ValueError(f"dicom_reader must be one of {sorted(_READERS)}, got {dicom_reader!r}.")
+    reader = _READERS[dicom_reader]
+    if p.is_file() and p.name.lower().endswith(NIFTI_SUFFIXES):
+        try:
+            img = _read("NibabelReader", p)
+        except Exception as e:  # readers raise many types on broken files
+            raise ValueError(f"{p}: NibabelReader could not read the file ({e}).") from e
+        return to_canonical(img, p)
+    if (p.is_file() and is_dicom_file(p)) or (p.is_dir() and any(is_dicom_file(e) for e in p.iterdir() if e.is_file())):
+        return _load_dicom(p, reader, series)
+    raise ValueError(f"{p}: not a NIfTI file (.nii/.nii.gz), a DICOM file or a folder of DICOM files.")
+
+
+class LoadVolumed(MapTransform):
+    """Dictionary transform around :func:`load_volume`, for inference configs.
+
+    Args:
+        keys: keys holding paths.
+        dicom_reader: ``"itk"`` or ``"pydicom"``.
+        series: the DICOM series to read from a folder with several (SeriesInstanceUID or SeriesNumber).
+        allow_missing_keys: do not raise when a key is absent.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        dicom_reader: str = "itk",
+        series: str | int | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if dicom_reader not in _READERS:
+            raise ValueError(f"dicom_reader must be one of {sorted(_READERS)}, got {dicom_reader!r}.")
+        self.dicom_reader = dicom_reader
+        self.series = series
+
+    def load(self, path: str | os.PathLike) -> MetaTensor:
+        """One input as a volume (subclasses add input kinds here)."""
+        return load_volume(path, self.dicom_reader, self.series)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Load every key.
+
+        Args:
+            data: the sample with paths.
+
+        Returns:
+            a copy with the paths replaced by volumes.
+        """
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.load(d[key])
+        return d
