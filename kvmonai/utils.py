@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ __all__ = [
     "as_flag",
     "atomic_output",
     "check_option",
+    "config_override",
     "csv_text",
     "int_list",
     "lazy_exports",
@@ -25,6 +27,21 @@ __all__ = [
     "save_figure",
     "write_text_atomic",
 ]
+
+
+def config_override(text: str) -> tuple[str, Any]:
+    """``argparse`` type of ``--set id=value``: the config id and its value, parsed as JSON where it parses.
+
+    Raises:
+        argparse.ArgumentTypeError: when ``text`` has no ``=`` or no id.
+    """
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--set takes id=value (a config id of inference.json), got {text!r}.")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

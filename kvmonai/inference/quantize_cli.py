@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
+from kvmonai.utils import config_override
+
 __all__ = ["add_arguments", "run"]
-
-
-def _override(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"--set takes id=value (a config id of inference.json), got {text!r}.")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--set",
         dest="overrides",
         action="append",
-        type=_override,
+        type=config_override,
         default=[],
         metavar="ID=VALUE",
         help="inference.json override, repeatable (e.g. --set preset=tiny --set img_size=64 --set weights=W.pt)",

@@ -6,7 +6,8 @@ does not load with the CPU torch). One request runs:
 1. the bundle's ``preprocessing`` (load, reorient to ``PLS``, scale, 2.5D neighbour channels, resize);
 2. the bundle's ``inferer`` (``SliceInferer``: the 2D network over every axial slice) with ``network_def`` and the
    weights ``models/model.pt``;
-3. the bundle's ``postprocessing`` without its ``SaveImaged`` (sigmoid, ``Invertd``, threshold), then
+3. the bundle's ``postprocessing`` (sigmoid, ``Invertd``, threshold) without its writers (``SaveImaged``,
+   ``SaveDicomSegd``), then
    :class:`~kvmonai.label.transforms.ChannelsToLabelMapd` (value ``c + 1`` for organ channel ``c``, the later
    organ where several overlap) and :class:`~kvmonai.label.transforms.RestoreInputGridd` (the input's grid);
 4. MONAI Label's writer: a ``uint8`` label volume (NIfTI by default) with the input's shape and affine.
@@ -71,6 +72,8 @@ class KVBundleInferTask(BasicInferTask):
             if self._parts is None:
                 from monai.transforms import Compose, SaveImaged
 
+                from kvmonai.portable.dicom_seg import SaveDicomSegd
+
                 parser = self.spec.parser("inference")
                 pre = parser.get_parsed_content("preprocessing")
                 post = parser.get_parsed_content("postprocessing")
@@ -78,7 +81,7 @@ class KVBundleInferTask(BasicInferTask):
                 self._parts = {
                     "pre": pre,
                     "inferer": parser.get_parsed_content("inferer"),
-                    "post": [t for t in post_list if not isinstance(t, SaveImaged)],
+                    "post": [t for t in post_list if not isinstance(t, (SaveImaged, SaveDicomSegd))],
                 }
         return self._parts
 

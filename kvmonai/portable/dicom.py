@@ -60,6 +60,23 @@ class DicomSeries:
 
         return [pydicom.dcmread(f, stop_before_pixels=not pixels) for f in self.files]
 
+    def affine(self) -> np.ndarray:
+        """The ``4 x 4`` affine from voxel ``(row, column, slice)`` of the sorted files to RAS millimetres."""
+        import pydicom
+
+        first, last = (pydicom.dcmread(f, stop_before_pixels=True) for f in (self.files[0], self.files[-1]))
+        iop = np.asarray([float(v) for v in first.ImageOrientationPatient])
+        row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
+        p0 = np.asarray([float(v) for v in first.ImagePositionPatient])
+        if len(self.files) > 1:
+            step = (np.asarray([float(v) for v in last.ImagePositionPatient]) - p0) / (len(self.files) - 1)
+        else:
+            thickness = float(first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0)
+            step = np.cross(iop[:3], iop[3:]) * thickness
+        lps = np.eye(4)
+        lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = iop[3:] * row_spacing, iop[:3] * col_spacing, step, p0
+        return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
     def label(self) -> str:
         """A one-line description for messages: number, description, modality, count and UID."""
         number = f"series {self.number}" if self.number is not None else "series (no number)"

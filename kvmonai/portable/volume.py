@@ -20,6 +20,7 @@ from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
@@ -108,10 +109,32 @@ def _load_dicom(path: Path, reader: str, series: str | int | None) -> MetaTensor
         raise DicomInputError(
             f"{path}: {reader} read {img.shape[-1]} slices of {found.label()}, which has {len(found.files)} files."
         )
+    _check_grid(path, reader, found.label(), np.asarray(img.affine, dtype=np.float64), found.affine())
     img.meta["filename_or_obj"] = str(path)
     img.meta[DICOM_SOURCE_KEY] = str(path)
     img.meta[DICOM_SERIES_KEY] = found.uid
     return to_canonical(img, path)
+
+
+def _check_grid(path: Path, reader: str, label: str, affine: np.ndarray, expected: np.ndarray) -> None:
+    """Refuse a volume whose voxel grid is not the series' grid (up to axis order and direction).
+
+    The reader's affine must map voxel centres onto the voxel centres of the grid the headers define, i.e.
+    ``inv(expected) @ affine`` is a signed permutation with an integer shift. MONAI's ``PydicomReader`` falls back
+    to an identity affine for some oblique series, which this catches before a mask is put in the wrong place.
+    """
+    n = affine.shape[0] - 1
+    full = np.eye(4)
+    full[:n, :n], full[:n, 3] = affine[:n, :n], affine[:n, n]
+    rel = np.linalg.inv(expected) @ full
+    lin, shift = rel[:3, :3], rel[:3, 3]
+    ok = np.allclose(np.abs(lin).sum(axis=0), 1, atol=1e-3) and np.allclose(np.abs(lin).max(axis=0), 1, atol=1e-3)
+    if not ok or not np.allclose(shift, np.rint(shift), atol=1e-2):
+        raise DicomInputError(
+            f"{path}: {reader} returned a geometry that does not match the headers of {label} (affine "
+            f"{np.round(affine, 3).tolist()}, the headers give {np.round(expected, 3).tolist()}); read it with "
+            "dicom_reader 'itk'."
+        )
 
 
 def _has_other_dicom(folder: Path, files: tuple[Path, ...]) -> bool:
