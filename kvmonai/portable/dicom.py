@@ -112,6 +112,8 @@ def _read_headers(source: Path) -> list[tuple[Path, Any]]:
         except (InvalidDicomError, OSError, ValueError, EOFError) as e:
             msg = f"{f}: not a readable DICOM file ({e}); remove it from {source} or re-export it."
             raise DicomInputError(msg) from e
+        if len(ds) == 0:  # pydicom reads a truncated or foreign file after a DICM marker as an empty dataset
+            raise DicomInputError(f"{f}: not a readable DICOM file (no data elements); remove it from {source}.")
         if "Rows" in ds or "PixelData" in ds or "ImagePositionPatient" in ds:  # images; skips DICOMDIR, SR, PR...
             headers.append((f, ds))
     if not headers:

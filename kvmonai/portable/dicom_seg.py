@@ -107,13 +107,24 @@ def mask_on_source_grid(mask: np.ndarray, affine: np.ndarray, datasets: Sequence
     return np.stack(frames)
 
 
+def _highdicom() -> Any:
+    try:
+        import highdicom
+    except ImportError as e:
+        raise ImportError(
+            "DICOM SEG output needs highdicom (and pydicom >= 3): pip install 'highdicom>=0.28' (kvmonai: the dicom "
+            "extra), or set dicom_seg to 'never'."
+        ) from e
+    return highdicom
+
+
 def segment_descriptions(labels: Sequence[str], algorithm_name: str, algorithm_version: str) -> list[Any]:
     """highdicom segment descriptions for ``labels`` (keys of :data:`SEGMENT_CODES`), numbered from 1.
 
     Raises:
         ValueError: for a label without a code.
     """
-    import highdicom as hd
+    hd = _highdicom()
     from pydicom.sr.codedict import codes
 
     unknown = [name for name in labels if name not in SEGMENT_CODES]
@@ -170,8 +181,9 @@ def write_dicom_seg(
     Raises:
         ValueError: when ``labels`` does not match the mask's segments or the mask is not on the source grid.
         DicomInputError: when ``source`` is not one regular DICOM series.
+        ImportError: without highdicom.
     """
-    import highdicom as hd
+    hd = _highdicom()
 
     mask = np.asarray(mask).astype(bool)
     if mask.shape[0] != len(labels):

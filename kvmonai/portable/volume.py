@@ -109,14 +109,17 @@ def _load_dicom(path: Path, reader: str, series: str | int | None) -> MetaTensor
         raise DicomInputError(
             f"{path}: {reader} read {img.shape[-1]} slices of {found.label()}, which has {len(found.files)} files."
         )
-    _check_grid(path, reader, found.label(), np.asarray(img.affine, dtype=np.float64), found.affine())
+    affine = np.asarray(img.affine, dtype=np.float64)
+    _check_grid(path, reader, found.label(), affine, found.affine(), len(found.files) == 1)
     img.meta["filename_or_obj"] = str(path)
     img.meta[DICOM_SOURCE_KEY] = str(path)
     img.meta[DICOM_SERIES_KEY] = found.uid
     return to_canonical(img, path)
 
 
-def _check_grid(path: Path, reader: str, label: str, affine: np.ndarray, expected: np.ndarray) -> None:
+def _check_grid(
+    path: Path, reader: str, label: str, affine: np.ndarray, expected: np.ndarray, single_slice: bool
+) -> None:
     """Refuse a volume whose voxel grid is not the series' grid (up to axis order and direction).
 
     The reader's affine must map voxel centres onto the voxel centres of the grid the headers define, i.e.
@@ -126,6 +129,10 @@ def _check_grid(path: Path, reader: str, label: str, affine: np.ndarray, expecte
     n = affine.shape[0] - 1
     full = np.eye(4)
     full[:n, :n], full[:n, 3] = affine[:n, :n], affine[:n, n]
+    if single_slice:  # the slice axis' length is a convention (1 mm, thickness...), not geometry: match it
+        normal = expected[:3, 2] / np.linalg.norm(expected[:3, 2])
+        axis = int(np.argmax(np.abs(normal @ full[:3, :3])))
+        full[:3, axis] *= np.linalg.norm(expected[:3, 2]) / np.linalg.norm(full[:3, axis])
     rel = np.linalg.inv(expected) @ full
     lin, shift = rel[:3, :3], rel[:3, 3]
     ok = np.allclose(np.abs(lin).sum(axis=0), 1, atol=1e-3) and np.allclose(np.abs(lin).max(axis=0), 1, atol=1e-3)
