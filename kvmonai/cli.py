@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "complexity": ("kvmonai.complexity.cli", "parameter and MAC table of every architecture/attention pair"),
     "synth": ("kvmonai.data.synth_cli", "write a synthetic UW-Madison GI Tract dataset in the Kaggle layout"),
     "prepare": ("kvmonai.data.prepare_cli", "Kaggle-layout folder -> NIfTI volumes + MONAI datalist with 5 folds"),
+    "dicom": ("kvmonai.data.dicom_cli", "write a NIfTI volume as a DICOM MR series with its geometry"),
     "export": (
         "kvmonai.bundle.export_cli",
         "a self-contained inference bundle that runs with MONAI alone",

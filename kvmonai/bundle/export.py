@@ -17,7 +17,7 @@ where kvmonai is installed. :func:`export_bundle` writes a copy that a clinical 
 - ``configs/metadata.json``: the bundle's metadata with the packages the export needs, an ``exported_from``
   record (bundle, kvmonai version, SHA-256 of the weights and of the program) and a changelog line;
 - ``large_files.yml`` (model-zoo layout: path, url, hash) when the program will be published elsewhere
-  (``weights_url``), and ``docs/README.md``: how to run it.
+  (``weights_url``), ``requirements.txt`` (the pinned packages) and ``docs/README.md``: how to run it.
 
 The folder is built beside ``out`` and renamed into place at the end, so a failed export leaves nothing behind and
 never touches an existing folder.
@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +46,9 @@ from kvmonai import portable
 
 __all__ = ["EXPORT_PACKAGES", "ExportError", "ExportSummary", "export_bundle", "exported_inference_config"]
 
-#: the packages an exported bundle needs besides MONAI, torch and numpy (its ``required_packages_version``)
-EXPORT_PACKAGES: tuple[str, ...] = ("pytorch-ignite", "nibabel", "pydicom", "highdicom", "itk")
+#: the packages an exported bundle needs besides MONAI, torch and numpy (its ``required_packages_version``); fire is
+#: what ``python -m monai.bundle`` parses its command line with, tqdm draws the inferer's progress bar
+EXPORT_PACKAGES: tuple[str, ...] = ("pytorch-ignite", "fire", "tqdm", "nibabel", "pydicom", "highdicom", "itk")
 #: config ids that exist only for kvmonai's own runtime (OpenVINO, autocast, weight rewrites); not exported
 _RUNTIME_IDS: tuple[str, ...] = (
     "runtime",
@@ -220,8 +222,15 @@ def _write_scripts(folder: Path) -> None:
         (folder / f"{name}.py").write_text(_HEADER.format(version=kvmonai.__version__, name=name) + text)
 
 
+def _requirements(meta: Mapping[str, Any]) -> str:
+    pins = {"monai": meta["monai_version"], "torch": meta["pytorch_version"], "numpy": meta["numpy_version"]}
+    pins.update(meta["required_packages_version"])
+    lines = "".join(f"{name}=={ver}\n" for name, ver in pins.items())
+    return f"# what this exported bundle needs: pip install -r requirements.txt (written by kvmonai export)\n{lines}"
+
+
 def _readme(name: str, meta: Mapping[str, Any], cfg: Mapping[str, Any]) -> str:
-    packages = " ".join(f"{k}=={v}" for k, v in meta["required_packages_version"].items())
+    packages = ", ".join(f"{k} {v}" for k, v in meta["required_packages_version"].items())
     return f"""# {name}: exported inference bundle
 
 {meta.get("description", "")}
@@ -233,15 +242,16 @@ This folder was written by `kvmonai export` and runs with MONAI alone: kvmonai i
 ## Install
 
 ```bash
-python -m venv venv && . venv/bin/activate
-pip install "monai=={meta["monai_version"]}" "torch=={meta["pytorch_version"]}" \\
-    "numpy=={meta["numpy_version"]}" {packages}
+python3 -m venv venv && venv/bin/pip install -r requirements.txt
 ```
+
+`requirements.txt` pins {packages} and MONAI {meta["monai_version"]}, torch {meta["pytorch_version"]}, numpy
+{meta["numpy_version"]}: the versions it was exported and tested with.
 
 ## Run on a DICOM series, a DICOM file or a NIfTI volume
 
 ```bash
-python -m monai.bundle run --config_file configs/inference.json --meta_file configs/metadata.json \\
+venv/bin/python -m monai.bundle run --config_file configs/inference.json --meta_file configs/metadata.json \\
     --bundle_root . --input_path /path/to/dicom_series_folder --output_dir predictions
 ```
 
@@ -313,7 +323,9 @@ def export_bundle(
         with torch.no_grad():
             program = torch.export.export(network, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
         (tmp / "models").mkdir()
-        torch.export.save(program, str(tmp / _PROGRAM))
+        with warnings.catch_warnings():  # MONAI's empty causal_mask buffers all have storage address 0: harmless
+            warnings.filterwarnings("ignore", message="No complete tensor found in the group")
+            torch.export.save(program, str(tmp / _PROGRAM))
         program_sha, weights_sha = _sha256(tmp / _PROGRAM), _sha256(weights)
         (tmp / "configs").mkdir()
         (tmp / "configs" / "inference.json").write_text(json.dumps(exported_cfg, indent=4) + "\n")
@@ -323,6 +335,7 @@ def export_bundle(
             if (bundle / extra).is_file():
                 shutil.copy2(bundle / extra, tmp / extra)
         _write_scripts(tmp / "scripts")
+        (tmp / "requirements.txt").write_text(_requirements(meta_out))
         (tmp / "docs").mkdir()
         (tmp / "docs" / "README.md").write_text(_readme(meta_out["name"], meta_out, exported_cfg))
         if weights_url:
@@ -330,6 +343,9 @@ def export_bundle(
                 f'large_files:\n  - path: "{_PROGRAM}"\n    url: "{weights_url}"\n'
                 f'    hash_val: "{program_sha}"\n    hash_type: "sha256"\n'
             )
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder is private (0700); the bundle is meant to be shared
         if out.exists():
             out.rmdir()  # empty (checked above)
         os.replace(tmp, out)

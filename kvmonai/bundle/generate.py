@@ -313,6 +313,8 @@ def recipe_values(
         "runtime": str(infer.get("runtime")),
         "fuse": str(infer.flag("handlers", "OptimizeForInference", "fuse")),
         "output_dtype": output_dtype.removeprefix("$torch."),
+        "dicom_seg": str(infer.get("postprocessing", "transforms", "SaveDicomSegd", "mode")),
+        "seg_labels": ", ".join(str(x) for x in infer.get("postprocessing", "transforms", "SaveDicomSegd", "labels")),
     }
 
 

@@ -17,6 +17,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
 
     Readers never see a partial file and an earlier ``path`` survives a failed write. The temporary name keeps the
     suffix of ``path`` (``.pt``, ``.png``, ``.npz``...), so writers that infer the format from it work unchanged.
+    The file gets the mode a plain ``open`` would give it (``0666`` less the umask), not ``mkstemp``'s ``0600``.
 
     Args:
         path: the destination; its folder is created.
@@ -27,6 +28,9 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private (0600); give it the usual mode
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)  # only still there when the block failed
