@@ -43,7 +43,7 @@ def _volume(prepared: Path) -> tuple[Path, Path]:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["setr_kv", "swin_unetr_kv"])
 def test_openvino_and_int8_agree_with_torch(name, prepared, copy_bundle, fit_bundle, tmp_path, caplog):
-    from kvmonai.inference.quantize import quantize_bundle
+    from kvmonai.inference.quantize import QuantizationRefusedError, quantize_bundle
 
     caplog.set_level(logging.INFO, logger="kvmonai.inference.runtime")
     root = copy_bundle(name, tmp_path)
@@ -52,21 +52,32 @@ def test_openvino_and_int8_agree_with_torch(name, prepared, copy_bundle, fit_bun
     truth = np.asarray(nib.load(label).dataobj)
 
     torch_mask, _ = _infer(root, image, tmp_path / "torch", precision="fp32", channels_last=False, fuse=False)
-    ov_mask, first = _infer(root, image, tmp_path / "ov", runtime="openvino")
+    ov_mask, first = _infer(root, image, tmp_path / "ov", runtime="openvino", precision="fp32")
     dice_torch, dice_ov = pooled_dice(torch_mask, truth), pooled_dice(ov_mask, truth)
     assert dice_torch > 0.25, f"the fitted network should segment much of its volume: {dice_torch}"
     assert abs(dice_ov - dice_torch) <= 0.005, (dice_torch, dice_ov)
-    assert "OpenVINO: inference precision" in caplog.text  # the log says bf16 or why fp32
     assert first.converted and len(list((root / "models" / "openvino").iterdir())) == 1
 
-    _, second = _infer(root, image, tmp_path / "ov2", runtime="openvino")
+    caplog.clear()
+    auto_mask, second = _infer(root, image, tmp_path / "ov2", runtime="openvino")  # bf16 where the CPU has it
     assert not second.converted and second.model_path == first.model_path  # a second run converts nothing
+    assert "OpenVINO: inference precision" in caplog.text  # the log says bf16 or why fp32
+    bf16 = "bf16: native" in caplog.text
+    # bf16 rounds logits near the threshold: measured 0.017 (SETR) on the AVX512-BF16 Zen 5 of 2026-12-02
+    assert abs(pooled_dice(auto_mask, truth) - dice_torch) <= (0.03 if bf16 else 0.005)
 
-    report = quantize_bundle(root, prepared, subset=16, overrides={"preset": "tiny", "img_size": SIZE})
+    try:
+        report = quantize_bundle(root, prepared, subset=16, overrides={"preset": "tiny", "img_size": SIZE})
+    except QuantizationRefusedError as refused:
+        # the Dice guard at work: measured for SwinUNETR-KV on the AVX-512 VNNI Zen 5 of 2026-12-02 (int8 Dice 0.01
+        # against fp32 0.46), not on the AVX2 Zen 3; it must leave nothing behind, and SETR must never need it
+        assert name != "setr_kv", refused
+        assert not (root / "models" / "model_int8.xml").exists()
+        pytest.xfail(f"int8 refused by the Dice guard on this CPU: {refused}")
     record = json.loads((root / "models" / "model_int8.json").read_text())
     assert record["dice_drop"] == pytest.approx(report.dice_drop) and record["quantized_inputs"]
     int8_mask, _ = _infer(root, image, tmp_path / "int8", runtime="openvino", precision="int8")
-    assert abs(pooled_dice(int8_mask, truth) - dice_torch) <= 0.01
+    assert pooled_dice(int8_mask, truth) >= dice_torch - 0.01  # no loss beyond the guard (a gain was seen: +0.019)
     assert (int8_mask != ov_mask).mean() < 0.02
 
     with torch.no_grad():  # changed weights: converted again, and the int8 model is refused as stale
