@@ -16,6 +16,7 @@ from kvmonai.portable.files import atomic_output  # one implementation, which ex
 
 __all__ = [
     "as_flag",
+    "bounded_int",
     "atomic_output",
     "check_option",
     "config_override",
@@ -117,6 +118,33 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: 
             )
         lines.append(line(cells))
     return "\n".join(lines)
+
+
+def bounded_int(name: str, minimum: int = 1, multiple_of: int = 1) -> Callable[[str], int]:
+    """An argparse ``type`` for one integer ``>= minimum`` (and a multiple of ``multiple_of``), e.g. ``--epochs``.
+
+    Args:
+        name: the option, named in the error message.
+        minimum: the smallest value allowed.
+        multiple_of: the value must be a multiple of this.
+
+    Returns:
+        a parser that raises ``argparse.ArgumentTypeError`` (a usage error, no traceback) naming ``name``.
+    """
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} takes an integer, got {text!r}.") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {value}.")
+        if value % multiple_of:
+            raise argparse.ArgumentTypeError(f"{name} must be a multiple of {multiple_of}, got {value}.")
+        return value
+
+    parse.__name__ = f"bounded_int({name})"
+    return parse
 
 
 def int_list(name: str, minimum: int | None = None) -> Callable[[str], list[int]]:

@@ -7,7 +7,10 @@ from kvmonai.bundle.handlers import (
     EpochCheckpoint,
     OptimizeForInference,
     ResumeFromCheckpoint,
+    RunGuard,
+    RunInUseError,
     RunRecorder,
+    ValidationHandler,
     WeightsLoader,
 )
 from kvmonai.bundle.workflow import bundle_workflow
@@ -19,7 +22,10 @@ __all__ = [
     "EvaluationReport",
     "OptimizeForInference",
     "ResumeFromCheckpoint",
+    "RunGuard",
+    "RunInUseError",
     "RunRecorder",
+    "ValidationHandler",
     "WeightsLoader",
     "bundle_workflow",
     "load_checkpoint",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import logging
@@ -11,6 +12,7 @@ from typing import Any
 
 import torch
 from monai.handlers import CheckpointLoader
+from monai.handlers import ValidationHandler as MonaiValidationHandler
 from monai.utils import optional_import
 
 from kvmonai.bundle.checkpoint import CheckpointError, load_checkpoint, save_atomic
@@ -23,7 +25,10 @@ __all__ = [
     "EpochCheckpoint",
     "OptimizeForInference",
     "ResumeFromCheckpoint",
+    "RunGuard",
+    "RunInUseError",
     "RunRecorder",
+    "ValidationHandler",
     "WeightsLoader",
 ]
 
@@ -77,6 +82,33 @@ class EpochCheckpoint:
         if self.evaluator is not None:
             state["best"] = _best_state(self.evaluator)
         save_atomic(state, self.path)
+
+
+def _schedule_lengths(objects: Mapping[str, Any]) -> dict[str, tuple[int, Any]]:
+    """The length and phases of every step-count schedule (``OneCycleLR``) among ``objects``, as built for this run."""
+    return {
+        name: (int(obj.total_steps), copy.deepcopy(obj._schedule_phases))
+        for name, obj in objects.items()
+        if hasattr(obj, "total_steps") and hasattr(obj, "_schedule_phases")
+    }
+
+
+def _rebuild_schedules(objects: Mapping[str, Any], built: Mapping[str, tuple[int, Any]], checkpoint: Path) -> None:
+    """After a resume with another ``max_epochs``: keep the schedule built for this run, at the checkpoint's step.
+
+    A one-cycle schedule is defined by its total number of steps, and the checkpoint carries the old total, so a run
+    resumed with more epochs would otherwise end its schedule early (torch: "Tried to step N times"). The rule: the
+    schedule is the one this run's settings build (warm-up and annealing over the new total), continued at the step
+    the checkpoint reached, so the learning rate follows the new curve from there.
+    """
+    for name, (total, phases) in built.items():
+        obj = objects[name]
+        if int(obj.total_steps) != total:
+            logger.info(
+                f"{checkpoint}: {name} was built for {obj.total_steps} steps, this run has {total}: continuing the "
+                f"new schedule at step {obj.last_epoch}"
+            )
+            obj.total_steps, obj._schedule_phases = total, phases
 
 
 class ResumeFromCheckpoint(CheckpointLoader):
@@ -134,6 +166,7 @@ class ResumeFromCheckpoint(CheckpointLoader):
         best = ckpt.get("best") if self.evaluator is not None else None
         del ckpt  # releases the mapping; CheckpointLoader reads the file itself
         max_epochs = engine.state.max_epochs
+        schedules = _schedule_lengths(self.objects)
         try:
             super().__call__(engine)
         except (RuntimeError, KeyError, ValueError) as e:
@@ -146,10 +179,180 @@ class ResumeFromCheckpoint(CheckpointLoader):
                 f"{self.checkpoint} already finished epoch {engine.state.epoch} of max_epochs={max_epochs}: "
                 "raise the number of epochs to train further."
             )
+        _rebuild_schedules(self.objects, schedules, self.checkpoint)
         if best is not None:
             self.evaluator.state.best_metric = best["metric"]
             self.evaluator.state.best_metric_epoch = best["epoch"]
         logger.info(f"resumed from {self.checkpoint} after epoch {engine.state.epoch}")
+
+
+class ValidationHandler(MonaiValidationHandler):
+    """MONAI's :class:`~monai.handlers.ValidationHandler`, which also validates after the last epoch.
+
+    With ``epoch_level`` MONAI validates after every ``interval``-th epoch only, so a run of 3 epochs with
+    ``interval=5`` never validates: no best model is written and evaluation has nothing to load. Here the last epoch
+    (``max_epochs``) is validated too, whatever the interval, so every finished training leaves ``models/model.pt``.
+
+    Args:
+        interval: validate every ``interval`` epochs (or iterations) and after the last epoch.
+        validator: the validation evaluator.
+        epoch_level: count epochs (else iterations; then only MONAI's rule applies).
+        exec_at_start: also validate before training.
+    """
+
+    def attach(self, engine: Any) -> None:
+        if not self.epoch_level:
+            super().attach(engine)
+            return
+        interval = self.interval
+
+        def due(engine: Any, epoch: int) -> bool:
+            return epoch % interval == 0 or epoch == engine.state.max_epochs
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=due), self)
+        if self.exec_at_start:
+            engine.add_event_handler(Events.STARTED, self)
+
+
+class RunInUseError(RuntimeError):
+    """Another process is writing to the same run folder; nothing of it was touched."""
+
+
+#: what a training writes into its run folder (moved aside together when a fresh run starts there)
+RUN_OUTPUTS: tuple[str, ...] = (
+    "checkpoint_last.pt",
+    "metrics.csv",
+    "run_settings.json",
+    "training_curves.png",
+    "eval",
+    "result.json",
+)
+
+
+class RunGuard:
+    """Attach first to the trainer: one writer per run folder, no silent overwrite, and MLflow runs left usable.
+
+    At start it takes an exclusive ``flock`` on ``output_dir/.lock`` (released by the kernel when the process ends,
+    even on SIGKILL); a second training into the same folder fails at once with :class:`RunInUseError`, before any
+    other handler has written. A fresh run (``resume`` off) in a folder that holds an earlier run's outputs moves
+    them, and the served weights ``model_path``, into ``output_dir/previous/<time>/`` and logs which; earlier MLflow
+    runs of the same name still marked RUNNING (a run that was killed) are marked KILLED, so MONAI's
+    ``MLFlowHandler`` starts a new run instead of appending to the killed one. A resumed run keeps both and continues
+    the MLflow run. When training raises, the active MLflow run of this name is marked FAILED.
+
+    MONAI has no such guard: its ``MLFlowHandler`` appends to any unfinished run of the same name, and its
+    checkpoint and metric writers overwrite in place.
+
+    Args:
+        output_dir: the run folder.
+        resume: whether this run resumes the folder's checkpoint.
+        model_path: the weights this training writes (``models/model.pt``).
+        tracking_uri: MLflow tracking URI (``None``: MLflow off).
+        experiment_name: MLflow experiment.
+        run_name: MLflow run name.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        resume: bool = False,
+        model_path: str | None = None,
+        tracking_uri: str | None = None,
+        experiment_name: str = "kvmonai",
+        run_name: str | None = None,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.resume = as_flag("resume", resume)
+        self.model_path = Path(model_path) if model_path else None
+        self.tracking_uri, self.experiment_name = tracking_uri, experiment_name
+        self.run_name = run_name or self.output_dir.name
+        self._lock: Any = None
+
+    def attach(self, engine: Any) -> None:
+        engine.add_event_handler(Events.STARTED, self.started)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self.failed)
+        engine.add_event_handler(Events.COMPLETED, self.release)
+
+    def _acquire(self) -> None:
+        import fcntl
+        import os
+        import time
+
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        path = self.output_dir / ".lock"
+        handle = open(path, "a+")  # noqa: SIM115 - held open for the run: the lock lives as long as the handle
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RunInUseError(
+                f"{self.output_dir} is being written by another training ({holder}); nothing was touched. Wait for "
+                "it to finish, or give this run its own output_dir (e.g. another seed or --output_dir)."
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        self._lock = handle
+
+    def release(self, engine: Any = None) -> None:
+        """Drop the lock (at the end of training; the kernel drops it too when the process ends)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def _move_aside(self) -> None:
+        import shutil
+        import time
+
+        earlier = [self.output_dir / n for n in RUN_OUTPUTS if (self.output_dir / n).exists()]
+        if self.model_path is not None and self.model_path.is_file() and earlier:
+            earlier.append(self.model_path)
+        if not earlier:
+            return
+        dest = self.output_dir / "previous" / time.strftime("%Y%m%d-%H%M%S")
+        dest.mkdir(parents=True, exist_ok=True)
+        for path in earlier:
+            shutil.move(str(path), str(dest / path.name))
+        logger.warning(
+            f"fresh run in {self.output_dir}: moved the earlier run's {', '.join(p.name for p in earlier)} to {dest} "
+            "(resume true continues a run instead)"
+        )
+
+    def _mlflow_runs(self, status: str) -> list[Any]:
+        if not self.tracking_uri:
+            return []
+        from mlflow import MlflowClient
+
+        client = MlflowClient(self.tracking_uri)
+        experiment = client.get_experiment_by_name(self.experiment_name)
+        if experiment is None:
+            return []
+        runs = client.search_runs([experiment.experiment_id], filter_string=f"attributes.status = '{status}'")
+        return [(client, r) for r in runs if r.info.run_name == self.run_name]
+
+    def started(self, engine: Any) -> None:
+        """Lock the folder; for a fresh run, move earlier outputs aside and close killed MLflow runs."""
+        self._acquire()
+        if self.resume:
+            return
+        self._move_aside()
+        for client, run in self._mlflow_runs("RUNNING"):
+            client.set_terminated(run.info.run_id, "KILLED")
+            logger.warning(f"MLflow run {run.info.run_id} ({self.run_name}) was left RUNNING: marked KILLED")
+
+    def failed(self, engine: Any, e: BaseException) -> None:
+        """Mark the MLflow run FAILED, release the lock, and re-raise ``e``."""
+        try:
+            for client, run in self._mlflow_runs("RUNNING"):
+                client.set_terminated(run.info.run_id, "FAILED")
+        except Exception as err:  # the training's own error matters more
+            logger.warning(f"could not mark the MLflow run FAILED: {err}")
+        finally:
+            self.release()
+        raise e
 
 
 class BestModelSaver:

@@ -44,6 +44,14 @@ def _load_png_folder(folder: Path, files: Sequence[Path], spacing: Sequence[floa
         order = sorted(range(len(files)), key=lambda i: infos[i].index)
         files = [files[i] for i in order]
         first = infos[order[0]]
+        numbers = [infos[i].index for i in order]
+        gaps = [(a, b) for a, b in zip(numbers, numbers[1:], strict=False) if b != a + 1]
+        if gaps:
+            a, b = gaps[0]
+            raise KaggleFormatError(
+                f"{folder}: slice numbers jump from {a} to {b} (a missing slice?); inference would stack the slices "
+                "closer than they are, as kvmonai prepare refuses too. Add the missing slices or drop the scan."
+            )
         for f, info in zip(files, (infos[i] for i in order), strict=True):
             if (info.width, info.height, info.pixel_width, info.pixel_height) != (
                 first.width,

@@ -13,7 +13,8 @@ Volume ``[..., z]`` is the PNG of slice ``z + 1`` exactly as stored (``(H, W)`` 
 
 The run is safe to repeat and to interrupt: the whole source is validated before anything is written; every file
 is written to a hidden ``.NAME.part`` file in the same folder and renamed into place; a volume whose header records
-the fingerprint of its current source is not rewritten; leftover ``.part`` files of a killed run are removed; the
+the fingerprint of its current source (names, sizes and modification times of its PNGs, or its RLE rows) and whose
+whole compressed stream reads back is not rewritten; leftover ``.part`` files of a killed run are removed; the
 source folder is only read.
 """
 
@@ -148,11 +149,31 @@ def read_fingerprint(path: str | os.PathLike) -> str | None:
         return None
 
 
+def _up_to_date(path: Path, fingerprint: str) -> bool:
+    """Whether ``path`` carries ``fingerprint`` and its whole gzip stream reads back (CRC checked).
+
+    The header alone would call a truncated or corrupted volume up to date, and training would later fail on it with
+    a bare ``EOFError``; reading the stream costs a fraction of a second per volume.
+    """
+    import zlib
+
+    if read_fingerprint(path) != fingerprint:
+        return False
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(1 << 22):
+                pass
+    except (OSError, EOFError, zlib.error):
+        return False
+    return True
+
+
 def _fingerprint(kind: str, scan: Scan, dataset: KaggleDataset) -> str:
     h = hashlib.sha256(f"{FORMAT_VERSION}|{kind}|{scan.id}".encode())
     if kind == "image":
-        for s in scan.slices:
-            h.update(f"|{s.path.name}:{s.path.stat().st_size}".encode())
+        for s in scan.slices:  # size and modification time: a PNG edited in place changes its mtime
+            st = s.path.stat()
+            h.update(f"|{s.path.name}:{st.st_size}:{st.st_mtime_ns}".encode())
     else:
         assert dataset.labels is not None
         for key in scan.slice_ids():
@@ -260,7 +281,7 @@ def prepare_dataset(
         affine = kaggle_affine(scan.spacing)
         img_path, lab_path = img_dir / f"{scan.id}.nii.gz", lab_dir / f"{scan.id}.nii.gz"
         fp = _fingerprint("image", scan, dataset)
-        if read_fingerprint(img_path) == fp:
+        if _up_to_date(img_path, fp):
             skipped += 1
         else:
             image = dataset.load_image(scan)
@@ -268,7 +289,7 @@ def prepare_dataset(
             del image
             written += 1
         fp = _fingerprint("label", scan, dataset)
-        if read_fingerprint(lab_path) == fp:
+        if _up_to_date(lab_path, fp):
             skipped += 1
         else:
             label = dataset.load_label(scan)

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from kvmonai.utils import int_list
+from kvmonai.utils import bounded_int, int_list
 
 __all__ = ["add_arguments", "run"]
 
@@ -42,30 +42,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", type=_pair_list, default="all", help="comma-separated pairs, e.g. setr_qkv,setr_kv")
     parser.add_argument("--preset", default="small", choices=PRESETS, help="network sizes (default: small)")
     parser.add_argument(
-        "--img-size", type=int, help="input size (default: 64 for small, see the README's study section for why; "
-        "224 paper, 64 tiny)"
+        "--img-size", type=bounded_int("--img-size", 16, multiple_of=16),
+        help="input size (default: 64 for small, see the README's study section for why; 224 paper, 64 tiny)",
     )  # fmt: skip
-    parser.add_argument("--epochs", type=int, default=36, help="training epochs per run (default: 36)")
+    parser.add_argument(
+        "--epochs", type=bounded_int("--epochs"), default=36, help="training epochs per run (default: 36)"
+    )
     parser.add_argument("--folds", type=int_list("--folds", minimum=0), default=[0],
                         help="validation folds, e.g. 0,1,2 (default: 0)")  # fmt: skip
     parser.add_argument("--seeds", type=int_list("--seeds", minimum=0), default=[0],
                         help="seeds, e.g. 0,1,2 (default: 0)")  # fmt: skip
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument("--slices-per-volume", type=int, default=4, help="slices drawn per volume (default: 4)")
-    parser.add_argument("--volumes-per-batch", type=int, default=2, help="volumes per step (default: 2)")
+    parser.add_argument(
+        "--slices-per-volume",
+        type=bounded_int("--slices-per-volume"),
+        default=4,
+        help="slices drawn per volume (default: 4)",
+    )
+    parser.add_argument(
+        "--volumes-per-batch", type=bounded_int("--volumes-per-batch"), default=2, help="volumes per step (default: 2)"
+    )
     parser.add_argument("--positive-fraction", type=float, default=0.75, help="share of slices drawn from slices "
                         "holding an organ (default: 0.75)")  # fmt: skip
-    parser.add_argument("--val-interval", type=int, default=12, help="validate every N epochs (default: 12)")
-    parser.add_argument("--synth-cases", type=int, default=16, help="cases of the default synthetic set")
-    parser.add_argument("--synth-days", type=int, default=1, help="scanned days per case of the default synthetic set")
-    parser.add_argument("--synth-slices", type=int, default=48, help="slices per scan of the default synthetic set")
+    parser.add_argument(
+        "--val-interval", type=bounded_int("--val-interval"), default=12, help="validate every N epochs (default: 12)"
+    )
+    parser.add_argument(
+        "--synth-cases", type=bounded_int("--synth-cases"), default=16, help="cases of the default synthetic set"
+    )
+    parser.add_argument(
+        "--synth-days",
+        type=bounded_int("--synth-days"),
+        default=1,
+        help="scanned days per case of the default synthetic set",
+    )
+    parser.add_argument(
+        "--synth-slices",
+        type=bounded_int("--synth-slices"),
+        default=48,
+        help="slices per scan of the default synthetic set",
+    )
     parser.add_argument("--synth-scale", type=float, default=0.5, help="image scale of the default synthetic set")
     parser.add_argument(
         "--no-reference", dest="reference", action="store_false",
         help="do not train the CNN reference (unet_cnn: MONAI BasicUNet, same recipe; own row)",
     )  # fmt: skip
-    parser.add_argument("--jobs", type=int, default=None, help="runs trained side by side in worker processes, each "
-                        "with its share of the CPU threads (default: 2 on a CPU with 2+ cores, else 1)")  # fmt: skip
+    parser.add_argument("--jobs", type=bounded_int("--jobs"), default=None,
+                        help="runs trained side by side in worker processes, each with its share of the CPU threads "
+                        "(default: 2 on a CPU with 2+ cores, else 1)")  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

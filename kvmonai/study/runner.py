@@ -2,9 +2,11 @@
 
 Every pair runs through its MONAI bundle (``bundles/<arch>_<attention>``) with ``monai.bundle.ConfigWorkflow``, the
 class ``python -m monai.bundle run`` uses, so the study and a user's own bundle runs share one code path and one
-recipe. Results of each (pair, fold, seed) run are written to ``OUT/runs/<pair>_fold<F>_seed<S>/``; a run whose
-``result.json`` exists is not redone, so an interrupted study continues where it stopped. A failing run is recorded
-with its error and the others go on.
+recipe. Results of each (pair, fold, seed) run are written to ``OUT/runs/<pair>_fold<F>_seed<S>/`` with a
+``fingerprint.json`` of its settings, bundle configs, data and kvmonai version. A run whose ``result.json`` exists
+and whose fingerprint matches is not redone, so an interrupted study continues where it stopped; a folder made with
+other settings or data has its outputs moved to ``previous/<time>/`` (the log names what changed) and is trained
+again. A failing run is recorded with its error and the others go on.
 """
 
 from __future__ import annotations
@@ -128,6 +130,84 @@ def measure_paired_latency(
     return out
 
 
+def data_fingerprint(datalist: Path) -> dict[str, Any]:
+    """What identifies a study's data: the datalist's SHA-256 and the size and modification time of every volume.
+
+    ``kvmonai prepare`` rewrites a volume whose source changed, so a changed volume changes its mtime; hashing every
+    volume would cost a full read of the dataset on every study start.
+    """
+    import hashlib
+
+    text = Path(datalist).read_bytes()
+    entries = json.loads(text)
+    files = sorted(
+        {
+            str(v[k])
+            for split in ("training", "validation", "test")
+            for v in entries.get(split, [])
+            for k in ("image", "label")
+            if k in v
+        }
+    )
+    digest = hashlib.sha256()
+    for name in files:
+        path = Path(datalist).parent / name
+        stat = path.stat() if path.exists() else None
+        digest.update(f"{name}:{stat.st_size if stat else -1}:{stat.st_mtime_ns if stat else -1}\n".encode())
+    return {"datalist": hashlib.sha256(text).hexdigest(), "volumes": len(files), "files": digest.hexdigest()}
+
+
+def run_fingerprint(cfg: StudyConfig, arch: str, attention: str, fold: int, seed: int) -> dict[str, Any]:
+    """Everything that shapes one run's result: settings, bundle configs, data and code version.
+
+    A run folder is reused (its ``result.json``, or its checkpoint resumed) only when its ``fingerprint.json``
+    equals this; otherwise its outputs are moved aside and the run is trained again.
+    """
+    import hashlib
+
+    import kvmonai
+
+    bundle = cfg.bundles / f"{arch}_{attention}"
+    configs = hashlib.sha256()
+    for name in ("train.json", "evaluate.json"):
+        path = bundle / "configs" / name
+        configs.update(path.read_bytes() if path.is_file() else b"")
+    settings = {
+        "arch": arch, "attention": attention, "fold": fold, "seed": seed, "preset": cfg.preset,
+        "img_size": cfg.img_size, "epochs": cfg.epochs, "device": cfg.device,
+        **{k: v for k, v in sorted(cfg.overrides.items())},
+    }  # fmt: skip
+    return {
+        "settings": json.loads(json.dumps(settings, default=str)),
+        "bundle_configs": configs.hexdigest(),
+        "data": data_fingerprint(cfg.datalist),
+        "kvmonai": kvmonai.__version__,
+    }
+
+
+def _changes(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
+    if old is None:
+        return "no fingerprint (made by an older kvmonai or interrupted before it was written)"
+    changed = []
+    for key, value in new["settings"].items():
+        if old.get("settings", {}).get(key) != value:
+            changed.append(f"{key} {old.get('settings', {}).get(key)!r} -> {value!r}")
+    for key in ("bundle_configs", "data", "kvmonai"):
+        if old.get(key) != new[key]:
+            changed.append({"bundle_configs": "bundle configs", "data": "data", "kvmonai": "kvmonai version"}[key])
+    return ", ".join(changed) or "nothing"
+
+
+def _reusable(run_dir: Path, fingerprint: dict[str, Any]) -> tuple[bool, str]:
+    """Whether ``run_dir`` was made with ``fingerprint``; else what changed."""
+    path = run_dir / "fingerprint.json"
+    try:
+        old = json.loads(path.read_text()) if path.is_file() else None
+    except json.JSONDecodeError:
+        old = None
+    return old == fingerprint, _changes(old, fingerprint)
+
+
 def _run_one(cfg: StudyConfig, arch: str, attention: str, fold: int, seed: int, parent_id: str | None) -> dict:
     from kvmonai.bundle.checkpoint import load_checkpoint
 
@@ -153,6 +233,16 @@ def _run_one(cfg: StudyConfig, arch: str, attention: str, fold: int, seed: int, 
         "progress": cfg.jobs <= 1,  # parallel runs: the study's own bar only
         **cfg.overrides,
     }
+    # an earlier invocation may have left this folder: reuse it only if made with the same settings and data
+    fingerprint = run_fingerprint(cfg, arch, attention, fold, seed)
+    from kvmonai.bundle.handlers import RUN_OUTPUTS
+
+    if any((run_dir / n).exists() for n in (*RUN_OUTPUTS, "model.pt")):
+        same, changes = _reusable(run_dir, fingerprint)
+        if not same:
+            moved = _move_aside(run_dir)
+            logger.warning(f"{run_dir.name}: earlier outputs made with other settings ({changes}); moved to {moved}")
+    write_text_atomic(run_dir / "fingerprint.json", json.dumps(fingerprint, indent=2) + "\n")
     # an earlier, interrupted invocation may have left a checkpoint: continue it, or only evaluate if it finished
     ckpt = run_dir / "checkpoint_last.pt"
     done_epochs = load_checkpoint(ckpt)["epoch"] if ckpt.is_file() else 0
@@ -194,6 +284,20 @@ def _run_one(cfg: StudyConfig, arch: str, attention: str, fold: int, seed: int, 
     _tag_child(cfg, f"{name}_fold{fold}_seed{seed}", parent_id, result)
     write_text_atomic(run_dir / "result.json", json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _move_aside(run_dir: Path) -> Path:
+    """Move a run folder's outputs into ``run_dir/previous/<time>/``; returns that folder."""
+    import shutil
+
+    from kvmonai.bundle.handlers import RUN_OUTPUTS
+
+    dest = run_dir / "previous" / time.strftime("%Y%m%d-%H%M%S")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in (*RUN_OUTPUTS, "fingerprint.json", "model.pt", "mlruns.db"):
+        if (run_dir / name).exists():
+            shutil.move(str(run_dir / name), str(dest / name))
+    return dest
 
 
 def _tag_child(cfg: StudyConfig, run_name: str, parent_id: str | None, result: dict) -> None:
@@ -255,7 +359,17 @@ def _guarded_run(
         return {"result": _run_one(cfg, arch, attention, fold, seed, parent_id)}
     except Exception as e:
         failure = {"arch": arch, "attention": attention, "fold": fold, "seed": seed}
-        return {"failure": {**failure, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}}
+        return {"failure": {**failure, "error": _root_cause(e), "traceback": traceback.format_exc()}}
+
+
+def _root_cause(e: BaseException) -> str:
+    """``Type: message`` of the innermost cause: MONAI wraps config errors as "Failed to evaluate ConfigExpression"."""
+    chain = [e]
+    while chain[-1].__cause__ is not None and len(chain) < 20:
+        chain.append(chain[-1].__cause__)
+    inner = chain[-1]
+    text = f"{type(inner).__name__}: {inner}"
+    return text if inner is e else f"{text} (in {type(e).__name__}: {str(e).splitlines()[0][:120]})"
 
 
 def run_study(cfg: StudyConfig, progress: bool = True) -> dict[str, Any]:
@@ -280,8 +394,9 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> dict[str, Any]:
     outcomes: dict[int, dict[str, Any]] = {}
     todo = []
     for i, (arch, attention, fold, seed) in enumerate(jobs):
-        done = cfg.out / "runs" / f"{arch}_{attention}_fold{fold}_seed{seed}" / "result.json"
-        if done.is_file():
+        run_dir = (cfg.out / "runs" / f"{arch}_{attention}_fold{fold}_seed{seed}").resolve()
+        done = run_dir / "result.json"
+        if done.is_file() and _reusable(run_dir, run_fingerprint(cfg, arch, attention, fold, seed))[0]:
             outcomes[i] = {"result": json.loads(done.read_text())}
         else:
             todo.append(i)

@@ -87,6 +87,18 @@ def test_prepared_nifti_png_folder_and_monai_agree(synth_root, prepared_root):
     torch.testing.assert_close(out["image"].as_tensor(), pngs.as_tensor())
 
 
+def test_kaggle_png_folder_with_a_missing_slice_is_refused(synth_root, tmp_path):
+    """As prepare refuses it (reliability finding 8): the slices would be stacked 3 mm too close."""
+    import shutil
+
+    scan = KaggleDataset(synth_root).scans[0]
+    folder = tmp_path / "scans"
+    shutil.copytree(scan.directory, folder)
+    sorted(folder.glob("*.png"))[2].unlink()
+    with pytest.raises(KaggleFormatError, match=r"slice numbers jump from 2 to 4 \(a missing slice\?\)"):
+        load_volume(folder)
+
+
 def test_generic_png_folder(tmp_path):
     folder = tmp_path / "pngs"
     folder.mkdir()

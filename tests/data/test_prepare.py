@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -202,3 +203,30 @@ def test_assign_folds_groups_and_stratifies():
     assert len(set(assign_folds({1: (3, 1), 2: (2, 2)}, num_folds=5).values())) == 2  # fewer cases than folds
     with pytest.raises(ValueError, match="num_folds"):
         assign_folds(groups, num_folds=1)
+
+
+def test_content_changes_and_damaged_outputs_are_not_up_to_date(synth_copy, tmp_path):
+    """A PNG edited in place at the same size, and a truncated volume, are rewritten (reliability finding 6)."""
+    from PIL import Image
+
+    out = tmp_path / "out"
+    first = prepare_dataset(synth_copy, out, progress=False)
+    png = sorted(synth_copy.rglob("*.png"))[0]
+    pixels = np.asarray(Image.open(png)).copy()
+    pixels[0, 0] = pixels[0, 0] + 1 if pixels[0, 0] < 60000 else 0
+    size = png.stat().st_size
+    Image.fromarray(pixels).save(png)
+    os.utime(png, ns=(png.stat().st_atime_ns, png.stat().st_mtime_ns + 10**9))
+    assert abs(png.stat().st_size - size) < 64  # about the same size: a name + size fingerprint could miss it
+    before = (out / "imagesTr" / f"{png.parent.parent.name}.nii.gz").stat().st_mtime_ns
+    again = prepare_dataset(synth_copy, out, progress=False)
+    assert again.written == 1 and again.skipped == 2 * first.scans - 1
+    assert (out / "imagesTr" / f"{png.parent.parent.name}.nii.gz").stat().st_mtime_ns != before  # that scan's
+
+    victim = _volumes(out / "labelsTr")[0]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])  # header intact, stream truncated
+    assert read_fingerprint(victim) is not None
+    third = prepare_dataset(synth_copy, out, progress=False)
+    assert third.written == 1
+    nib.load(victim).get_fdata()  # readable again
