@@ -322,11 +322,16 @@ class RunGuard:
         )
 
     def _mlflow_runs(self, status: str) -> list[Any]:
+        import os
+
         if not self.tracking_uri:
             return []
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or self.tracking_uri  # as MONAI's MLFlowHandler resolves it
+        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+            return []  # no store yet, so no runs: do not create one here
         from mlflow import MlflowClient
 
-        client = MlflowClient(self.tracking_uri)
+        client = MlflowClient(uri)
         experiment = client.get_experiment_by_name(self.experiment_name)
         if experiment is None:
             return []
