@@ -13,6 +13,7 @@ from kvmonai.bundle.handlers import (
     ValidationHandler,
     WeightsLoader,
 )
+from kvmonai.bundle.settings import SettingsError, check_train_settings
 from kvmonai.bundle.workflow import bundle_workflow
 
 __all__ = [
@@ -25,9 +26,11 @@ __all__ = [
     "RunGuard",
     "RunInUseError",
     "RunRecorder",
+    "SettingsError",
     "ValidationHandler",
     "WeightsLoader",
     "bundle_workflow",
+    "check_train_settings",
     "load_checkpoint",
     "load_weights",
     "save_atomic",

@@ -13,7 +13,7 @@ from torch import nn
 
 from kvmonai.utils import atomic_output
 
-__all__ = ["CheckpointError", "load_checkpoint", "load_weights", "save_atomic"]
+__all__ = ["CheckpointError", "load_checkpoint", "load_weights", "save_atomic", "state_mismatch"]
 
 
 class CheckpointError(ValueError):
@@ -83,6 +83,27 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", mmap: bo
     return dict(obj)
 
 
+def state_mismatch(model: torch.nn.Module, state: Mapping[str, Any]) -> str | None:
+    """A short description of how ``state`` does not fit ``model`` (first keys and counts), or ``None`` if it fits.
+
+    torch's own ``load_state_dict`` error lists every key, tens of kilobytes for a ViT, and says nothing of the cause.
+    """
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+
+    def show(keys: list[str]) -> str:
+        return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+
+    parts = [
+        f"{label}: {show(keys)}"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+        if keys
+    ]
+    return "; ".join(parts) or None
+
+
 def load_weights(model: nn.Module, path: str | os.PathLike, key: str | None = None, map_location: Any = "cpu") -> None:
     """Load network weights from ``path`` into ``model`` with a clear error when they do not fit.
 
@@ -101,20 +122,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike, key: str | None = No
     if key is None and "model" in ckpt and isinstance(ckpt["model"], Mapping):
         key = "model"
     state = ckpt[key] if key is not None else ckpt
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or wrong:
-
-        def show(keys: list[str]) -> str:
-            return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
-
-        details = "; ".join(
-            f"{label}: {show(keys)}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-            if keys
-        )
+    details = state_mismatch(model, state)
+    if details:
         raise CheckpointError(
             f"weights in {path} do not fit {type(model).__name__} ({details}). Were they trained with another "
             "architecture, attention variant or preset?"

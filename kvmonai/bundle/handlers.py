@@ -15,7 +15,7 @@ from monai.handlers import CheckpointLoader
 from monai.handlers import ValidationHandler as MonaiValidationHandler
 from monai.utils import optional_import
 
-from kvmonai.bundle.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from kvmonai.bundle.checkpoint import CheckpointError, load_checkpoint, save_atomic, state_mismatch
 from kvmonai.utils import as_flag, csv_text, pyplot, save_figure, write_text_atomic
 
 Events, _ = optional_import("ignite.engine", name="Events")
@@ -164,6 +164,15 @@ class ResumeFromCheckpoint(CheckpointLoader):
         if missing:
             raise CheckpointError(f"cannot resume from {self.checkpoint}: it has no {missing} entries.")
         best = ckpt.get("best") if self.evaluator is not None else None
+        model = self.objects.get("model")
+        if isinstance(model, torch.nn.Module) and isinstance(ckpt.get("model"), Mapping):
+            details = state_mismatch(_unwrap(model), ckpt["model"])
+            if details:
+                raise CheckpointError(
+                    f"cannot resume from {self.checkpoint}: its model does not fit {type(_unwrap(model)).__name__} "
+                    f"({details}). It was trained with another architecture, attention or preset: resume with those "
+                    "settings, or start a fresh run (without --resume) in another output_dir."
+                )
         del ckpt  # releases the mapping; CheckpointLoader reads the file itself
         max_epochs = engine.state.max_epochs
         schedules = _schedule_lengths(self.objects)

@@ -56,8 +56,8 @@ def parse_rle(rle: str | float | None, num_pixels: int | None = None, source: st
         an ``(N, 2)`` int64 array of ``(start, length)`` pairs, starts 1-based (``N`` may be 0).
 
     Raises:
-        RLEError: odd token count, a token that is not a non-negative integer, a start below 1, a length below 1,
-            unsorted or overlapping runs, or (with ``num_pixels``) a run past the last pixel.
+        RLEError: odd token count, a token that is not a non-negative integer or above 10^15, a start below 1, a
+            length below 1, unsorted or overlapping runs, or (with ``num_pixels``) a run past the last pixel.
     """
     where = _where(source)
     if _is_missing(rle):
@@ -75,6 +75,12 @@ def parse_rle(rle: str | float | None, num_pixels: int | None = None, source: st
         raise RLEError(
             f"{where}RLE token {tok!r} is not an integer; starts and lengths must be whole numbers written in "
             "decimal digits (0-9)."
+        )
+    huge = next((t for t in tokens if len(t.lstrip("0")) > 15), None)  # > 10**15: no image has that many pixels
+    if huge is not None:
+        raise RLEError(
+            f"{where}RLE number {huge[:20]}{'...' if len(huge) > 20 else ''} is far larger than any image "
+            "(more than 10^15 pixels); the field is corrupted."
         )
     pairs = np.asarray(tokens, dtype=np.int64).reshape(-1, 2)
     starts, lengths = pairs[:, 0], pairs[:, 1]

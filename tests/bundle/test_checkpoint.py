@@ -155,7 +155,7 @@ def test_resume_restores_model_optimizer_epoch_and_best_metric(tmp_path):
         ("missing", "cannot resume: .* does not exist"),
         ("truncated", "truncated or not a torch checkpoint"),
         ("no_entry", r"it has no \['lr_scheduler'\] entries"),
-        ("other_model", "does not fit this bundle's network/optimizer"),
+        ("other_model", "its model does not fit Linear .*wrong shape: weight.*another architecture"),
         ("finished", "already finished epoch 2 of max_epochs=2: raise the number of epochs"),
         ("past_max", "already finished epoch 2 of max_epochs=1: raise the number of epochs"),
     ],

@@ -154,3 +154,98 @@ def test_study_arguments_are_checked_before_work(argv, message, capsys, tmp_path
         main(["study", "--out", str(tmp_path / "out"), *argv])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def _datalist(path: Path, folds: list[int]) -> Path:
+    path.write_text(json.dumps({"training": [{"image": f"{i}.nii.gz", "label": f"{i}.nii.gz", "fold": f}
+                                             for i, f in enumerate(folds)]}))  # fmt: skip
+    return path
+
+
+def _settings(tmp_path: Path, **changes) -> dict:
+    base = {
+        "max_epochs": 3, "val_interval": 1, "img_size": 64, "volumes_per_batch": 2, "slices_per_volume": 4,
+        "num_workers": 0, "fold": 0, "seed": 0, "datalist": str(_datalist(tmp_path / "dl.json", [0, 1, 1])),
+        "output_dir": str(tmp_path / "run"), "ckpt_dir": str(tmp_path / "models"), "mlflow": False,
+    }  # fmt: skip
+    return {**base, **changes}
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"max_epochs": "abc"}, r"max_epochs: expected an integer >= 1, got 'abc' \(--max_epochs N\)"),
+        ({"max_epochs": 0}, "max_epochs: must be >= 1, got 0"),
+        ({"img_size": 0}, "img_size: must be >= 16, got 0"),
+        ({"img_size": 100}, "img_size: must be a multiple of 16, got 100"),
+        ({"num_workers": -1}, "num_workers: must be >= 0"),
+        ({"fold": 4}, r"fold: 4 is not in .*dl.json \(its folds: \[0, 1\]\)"),
+        ({"fold": 1, "datalist": "ONE_FOLD"}, "the training split is empty"),
+        ({"output_dir": "A_FILE/run"}, "output_dir: .*a_file is a file, not a folder"),
+        ({"datalist": "MISSING"}, "datalist: .*missing.json does not exist; run kvmonai prepare first"),
+    ],
+)
+def test_bundle_settings_are_checked_before_work(tmp_path, changes, message):
+    from kvmonai.bundle.settings import SettingsError, check_train_settings
+
+    (tmp_path / "a_file").write_text("x")
+    resolve = {
+        "ONE_FOLD": str(_datalist(tmp_path / "one.json", [1, 1])),
+        "A_FILE/run": str(tmp_path / "a_file" / "run"),
+        "MISSING": str(tmp_path / "missing.json"),
+    }
+    changes = {k: resolve.get(v, v) if isinstance(v, str) else v for k, v in changes.items()}
+    with pytest.raises(SettingsError, match=message):
+        check_train_settings(**_settings(tmp_path, **changes))
+    assert not (tmp_path / "run").exists() and not (tmp_path / "models").exists()
+
+
+def test_unreachable_tracking_server_fails_fast(tmp_path, monkeypatch):
+    import socket
+    import time
+
+    from kvmonai.bundle.settings import SettingsError, check_train_settings
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    start = time.perf_counter()
+    with pytest.raises(
+        SettingsError, match=rf"MLflow tracking server http://127.0.0.1:{port} did not answer.*--mlflow false"
+    ):
+        check_train_settings(**_settings(tmp_path, mlflow=True))
+    assert time.perf_counter() - start < 6
+
+
+def test_bad_setting_on_the_command_line_is_one_line(prepared, copy_bundle, tmp_path):
+    """``python -m monai.bundle run --max_epochs abc``: the message, no traceback, nothing written."""
+    import subprocess
+    import sys
+
+    root = copy_bundle("setr_kv", tmp_path)
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json", "--datalist",
+           str(prepared), "--max_epochs", "abc", "--preset", "tiny", "--img_size", "64"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("KVMONAI_TRACEBACK", "MLFLOW_TRACKING_URI")}
+    done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "error: max_epochs: expected an integer >= 1, got 'abc'" in done.stderr
+    assert "Traceback" not in done.stderr and not (root / "runs").exists()
+
+
+def test_resuming_another_architecture_says_so_briefly(tmp_path):
+    import torch
+
+    from kvmonai.bundle.checkpoint import CheckpointError
+    from kvmonai.bundle.handlers import ResumeFromCheckpoint
+    from kvmonai.networks import create
+
+    other = create("unetr", "kv", "tiny", img_size=64)
+    torch.save({"model": other.state_dict(), "optimizer": {}, "lr_scheduler": {}, "trainer": {}}, tmp_path / "c.pt")
+    net = create("setr", "kv", "tiny", img_size=64)
+    handler = ResumeFromCheckpoint(
+        str(tmp_path / "c.pt"), {"model": net, "optimizer": torch.optim.SGD(net.parameters(), 0.1)}
+    )
+    with pytest.raises(CheckpointError, match="another architecture, attention or preset") as info:
+        handler(_Engine())
+    assert len(str(info.value)) < 1200 and "(+" in str(info.value)  # first keys and a count, not every key

@@ -73,6 +73,8 @@ def test_real_liver_segmentation_round_trip():
         ("10 2 3 2", "not sorted"),
         ("1 5 3 2", "overlap"),
         ("12 2", "past"),
+        ("1 99999999999999999999999", "far larger than any image"),  # would overflow int64
+        ("9223372036854775807 2", "far larger than any image"),  # would wrap when the run's end is computed
     ],
 )
 def test_malformed_rle_is_rejected_with_its_source(rle, words):
