@@ -241,10 +241,12 @@ RUN_OUTPUTS: tuple[str, ...] = (
 class RunGuard:
     """Attach first to the trainer: one writer per run folder, no silent overwrite, and MLflow runs left usable.
 
-    At start it takes an exclusive ``flock`` on ``output_dir/.lock`` (released by the kernel when the process ends,
-    even on SIGKILL); a second training into the same folder fails at once with :class:`RunInUseError`, before any
-    other handler has written. A fresh run (``resume`` off) in a folder that holds an earlier run's outputs moves
-    them, and the served weights ``model_path``, into ``output_dir/previous/<time>/`` and logs which; earlier MLflow
+    It takes an exclusive ``flock`` on ``output_dir/.lock`` (released by the kernel when the process ends, even on
+    SIGKILL) in the config's ``initialize`` step (:meth:`lock`), before the handlers are built (MONAI's
+    ``MLFlowHandler`` opens its store when built), and at the latest when training starts; a second training into
+    the same folder fails at once with :class:`RunInUseError`, before anything of the first is touched; ``finalize``
+    releases it. A fresh run (``resume`` off) in a folder that holds an earlier run's outputs moves them, and the
+    served weights ``model_path``, into ``output_dir/previous/<time>/`` and logs which; earlier MLflow
     runs of the same name still marked RUNNING (a run that was killed) are marked KILLED, so MONAI's
     ``MLFlowHandler`` starts a new run instead of appending to the killed one. A resumed run keeps both and continues
     the MLflow run. When training raises, the active MLflow run of this name is marked FAILED.
@@ -259,6 +261,7 @@ class RunGuard:
         tracking_uri: MLflow tracking URI (``None``: MLflow off).
         experiment_name: MLflow experiment.
         run_name: MLflow run name.
+        enabled: off on the other ranks of a distributed run (rank 0 writes the folder).
     """
 
     def __init__(
@@ -269,7 +272,9 @@ class RunGuard:
         tracking_uri: str | None = None,
         experiment_name: str = "kvmonai",
         run_name: str | None = None,
+        enabled: bool = True,
     ) -> None:
+        self.enabled = as_flag("enabled", enabled)
         self.output_dir = Path(output_dir)
         self.resume = as_flag("resume", resume)
         self.model_path = Path(model_path) if model_path else None
@@ -281,6 +286,19 @@ class RunGuard:
         engine.add_event_handler(Events.STARTED, self.started)
         engine.add_event_handler(Events.EXCEPTION_RAISED, self.failed)
         engine.add_event_handler(Events.COMPLETED, self.release)
+
+    def lock(self) -> bool:
+        """Take the folder's lock now (``train.json`` does it in ``initialize``, before MLflow opens its store).
+
+        Returns:
+            ``True`` (for use in a config expression).
+
+        Raises:
+            RunInUseError: when another process holds it.
+        """
+        if self.enabled and self._lock is None:
+            self._acquire()
+        return True
 
     def _acquire(self) -> None:
         import fcntl
@@ -349,7 +367,9 @@ class RunGuard:
 
     def started(self, engine: Any) -> None:
         """Lock the folder; for a fresh run, move earlier outputs aside and close killed MLflow runs."""
-        self._acquire()
+        if not self.enabled:
+            return
+        self.lock()
         if self.resume:
             return
         self._move_aside()

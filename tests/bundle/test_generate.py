@@ -73,7 +73,7 @@ def test_readme_recipe_is_read_from_train_json(tmp_path):
 
 
 def _entry(transforms: list, name: str) -> dict:
-    return next(t for t in transforms if t["_target_"].rsplit(".", 1)[-1] == name)
+    return next(t for t in transforms if isinstance(t, dict) and t["_target_"].rsplit(".", 1)[-1] == name)
 
 
 def test_readme_renders_every_recipe_setting_from_the_configs(tmp_path, monkeypatch):

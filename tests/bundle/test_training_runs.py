@@ -222,3 +222,35 @@ def test_torchrun_two_processes(prepared, tiny, copy_bundle, tmp_path):
     assert _epochs(run_dir / "metrics.csv") == [1, 2]  # written by rank 0 only
     assert load_checkpoint(run_dir / "checkpoint_last.pt")["epoch"] == 2
     assert (root / "models" / "model.pt").is_file()
+
+
+@pytest.mark.slow
+def test_two_trainings_in_one_folder(prepared, tiny, copy_bundle, tmp_path):
+    """Reliability finding 3: the second training fails at once and the first finishes with all of its own data."""
+    root = copy_bundle(NAME, tmp_path)
+    run_dir = root / "runs" / f"{NAME}_fold0_seed0"
+    first_cmd = bundle_cmd(
+        root, ["train.json"], {**tiny, "datalist": prepared, "max_epochs": 3, "learning_rate": 0.001}
+    )
+    first = subprocess.Popen(first_cmd, cwd=root, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while not (run_dir / ".lock").is_file() or "pid" not in (run_dir / ".lock").read_text():
+            assert first.poll() is None and time.time() < deadline, "the first training did not start"
+            time.sleep(0.2)
+        second = subprocess.run(
+            bundle_cmd(root, ["train.json"], {**tiny, "datalist": prepared, "max_epochs": 3, "learning_rate": 0.05}),
+            cwd=root, env=_env(), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert second.returncode != 0 and "is being written by another training (pid" in second.stderr
+        assert first.wait(timeout=600) == 0, first.stderr.read()[-3000:]
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert _epochs(run_dir / "metrics.csv") == [1, 2, 3]
+    assert json.loads((run_dir / "run_settings.json").read_text())["learning_rate"] == 0.001
+    assert not (run_dir / "previous").exists()  # the second one moved nothing aside
+    client = MlflowClient(f"sqlite:///{run_dir / 'mlruns.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("kvmonai").experiment_id])
+    assert [r.info.status for r in runs] == ["FINISHED"] and runs[0].data.params["learning_rate"] == "0.001"
