@@ -249,3 +249,15 @@ def test_resuming_another_architecture_says_so_briefly(tmp_path):
     with pytest.raises(CheckpointError, match="another architecture, attention or preset") as info:
         handler(_Engine())
     assert len(str(info.value)) < 1200 and "(+" in str(info.value)  # first keys and a count, not every key
+
+
+def test_read_only_output_is_named(tmp_path, monkeypatch):
+    """A folder the user cannot write (simulated: the tests run as root, who may write anywhere)."""
+    from kvmonai.bundle import settings
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(settings.os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
+    with pytest.raises(settings.SettingsError, match=r"output_dir: .*locked is not writable; choose a folder you can"):
+        settings.check_train_settings(**_settings(tmp_path, output_dir=str(locked / "run")))
