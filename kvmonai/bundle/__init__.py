@@ -12,6 +12,8 @@ from kvmonai.bundle.handlers import (
     RunRecorder,
     ValidationHandler,
     WeightsLoader,
+    lock_run_folder,
+    release_run_folder,
 )
 from kvmonai.bundle.settings import SettingsError, check_train_settings
 from kvmonai.bundle.workflow import bundle_workflow
@@ -33,5 +35,7 @@ __all__ = [
     "check_train_settings",
     "load_checkpoint",
     "load_weights",
+    "lock_run_folder",
+    "release_run_folder",
     "save_atomic",
 ]

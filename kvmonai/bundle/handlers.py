@@ -27,6 +27,8 @@ __all__ = [
     "ResumeFromCheckpoint",
     "RunGuard",
     "RunInUseError",
+    "lock_run_folder",
+    "release_run_folder",
     "RunRecorder",
     "ValidationHandler",
     "WeightsLoader",
@@ -238,14 +240,71 @@ RUN_OUTPUTS: tuple[str, ...] = (
 )
 
 
+#: locks taken by :func:`lock_run_folder` in a config's ``initialize`` step, adopted by the trainer's RunGuard
+_PENDING_LOCKS: dict[str, Any] = {}
+
+
+def _flock(folder: Path) -> Any:
+    """An open handle of ``folder/.lock`` holding an exclusive ``flock``; raises :class:`RunInUseError` if taken."""
+    import fcntl
+    import os
+    import time
+
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / ".lock", "a+")  # noqa: SIM115 - held open for the run: the lock lives as long as the handle
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise RunInUseError(
+            f"{folder} is being written by another training ({holder}); nothing was touched. Wait for it to "
+            "finish, or give this run its own output_dir (e.g. another seed or --output_dir)."
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    handle.flush()
+    return handle
+
+
+def lock_run_folder(output_dir: str, enabled: bool = True) -> bool:
+    """Lock a run folder in a config's ``initialize`` step, before the handlers are built (MONAI's
+    ``MLFlowHandler`` opens its store when built); the trainer's :class:`RunGuard` adopts the lock.
+
+    Args:
+        output_dir: the run folder.
+        enabled: off on the other ranks of a distributed run.
+
+    Returns:
+        ``True`` (for use in a config expression).
+
+    Raises:
+        RunInUseError: when another training holds the folder.
+    """
+    key = str(Path(output_dir).resolve())
+    if as_flag("enabled", enabled) and key not in _PENDING_LOCKS:
+        _PENDING_LOCKS[key] = _flock(Path(output_dir))
+    return True
+
+
+def release_run_folder(output_dir: str) -> bool:
+    """Release a lock of :func:`lock_run_folder` that no training adopted (``finalize``); returns ``True``."""
+    handle = _PENDING_LOCKS.pop(str(Path(output_dir).resolve()), None)
+    if handle is not None:
+        handle.close()
+    return True
+
+
 class RunGuard:
     """Attach first to the trainer: one writer per run folder, no silent overwrite, and MLflow runs left usable.
 
-    It takes an exclusive ``flock`` on ``output_dir/.lock`` (released by the kernel when the process ends, even on
-    SIGKILL) in the config's ``initialize`` step (:meth:`lock`), before the handlers are built (MONAI's
-    ``MLFlowHandler`` opens its store when built), and at the latest when training starts; a second training into
-    the same folder fails at once with :class:`RunInUseError`, before anything of the first is touched; ``finalize``
-    releases it. A fresh run (``resume`` off) in a folder that holds an earlier run's outputs moves them, and the
+    It holds an exclusive ``flock`` on ``output_dir/.lock`` (released by the kernel when the process ends, even on
+    SIGKILL): taken by :func:`lock_run_folder` in the config's ``initialize`` step, before the handlers are built
+    (MONAI's ``MLFlowHandler`` opens its store when built), and adopted here, or taken when training starts. A
+    second training into the same folder fails at once with :class:`RunInUseError`, before anything of the first is
+    touched; ``finalize`` releases the lock. A fresh run (``resume`` off) in a folder that holds an earlier run's outputs moves them, and the
     served weights ``model_path``, into ``output_dir/previous/<time>/`` and logs which; earlier MLflow
     runs of the same name still marked RUNNING (a run that was killed) are marked KILLED, so MONAI's
     ``MLFlowHandler`` starts a new run instead of appending to the killed one. A resumed run keeps both and continues
@@ -287,42 +346,10 @@ class RunGuard:
         engine.add_event_handler(Events.EXCEPTION_RAISED, self.failed)
         engine.add_event_handler(Events.COMPLETED, self.release)
 
-    def lock(self) -> bool:
-        """Take the folder's lock now (``train.json`` does it in ``initialize``, before MLflow opens its store).
-
-        Returns:
-            ``True`` (for use in a config expression).
-
-        Raises:
-            RunInUseError: when another process holds it.
-        """
-        if self.enabled and self._lock is None:
-            self._acquire()
-        return True
-
     def _acquire(self) -> None:
-        import fcntl
-        import os
-        import time
-
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        path = self.output_dir / ".lock"
-        handle = open(path, "a+")  # noqa: SIM115 - held open for the run: the lock lives as long as the handle
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise RunInUseError(
-                f"{self.output_dir} is being written by another training ({holder}); nothing was touched. Wait for "
-                "it to finish, or give this run its own output_dir (e.g. another seed or --output_dir)."
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        handle.flush()
-        self._lock = handle
+        if self._lock is None:  # adopt the lock taken in initialize, or take it now
+            key = str(self.output_dir.resolve())
+            self._lock = _PENDING_LOCKS.pop(key, None) or _flock(self.output_dir)
 
     def release(self, engine: Any = None) -> None:
         """Drop the lock (at the end of training; the kernel drops it too when the process ends)."""
@@ -369,7 +396,7 @@ class RunGuard:
         """Lock the folder; for a fresh run, move earlier outputs aside and close killed MLflow runs."""
         if not self.enabled:
             return
-        self.lock()
+        self._acquire()
         if self.resume:
             return
         self._move_aside()

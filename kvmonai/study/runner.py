@@ -248,11 +248,11 @@ def _run_one(cfg: StudyConfig, arch: str, attention: str, fold: int, seed: int, 
     done_epochs = load_checkpoint(ckpt)["epoch"] if ckpt.is_file() else 0
     start = time.perf_counter()
     train = bundle_workflow(bundle, ["train.json"], logging=False, **overrides, resume=done_epochs > 0)
-    if done_epochs < cfg.epochs:
-        try:
+    try:
+        if done_epochs < cfg.epochs:
             train.run()
-        finally:
-            train.finalize()
+    finally:
+        train.finalize()  # also releases the run folder's lock taken in initialize
     train_seconds = time.perf_counter() - start
     evaluate = bundle_workflow(bundle, ["train.json", "evaluate.json"], logging=False, **overrides)
     try:
