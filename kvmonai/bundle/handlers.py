@@ -304,10 +304,12 @@ class RunGuard:
     SIGKILL): taken by :func:`lock_run_folder` in the config's ``initialize`` step, before the handlers are built
     (MONAI's ``MLFlowHandler`` opens its store when built), and adopted here, or taken when training starts. A
     second training into the same folder fails at once with :class:`RunInUseError`, before anything of the first is
-    touched; ``finalize`` releases the lock. A fresh run (``resume`` off) in a folder that holds an earlier run's outputs moves them, and the
-    served weights ``model_path``, into ``output_dir/previous/<time>/`` and logs which; earlier MLflow
-    runs of the same name still marked RUNNING (a run that was killed) are marked KILLED, so MONAI's
-    ``MLFlowHandler`` starts a new run instead of appending to the killed one. A resumed run keeps both and continues
+    touched; ``finalize`` releases the lock.
+
+    A fresh run (``resume`` off) in a folder that holds an earlier run's outputs moves them, and the served weights
+    ``model_path``, into ``output_dir/previous/<time>/`` and logs which. Earlier MLflow runs of the same name still
+    marked RUNNING (a run that was killed) are marked KILLED, so MONAI's ``MLFlowHandler`` starts a new run instead
+    of appending to the killed one. A resumed run keeps both and continues
     the MLflow run. When training raises, the active MLflow run of this name is marked FAILED.
 
     MONAI has no such guard: its ``MLFlowHandler`` appends to any unfinished run of the same name, and its
