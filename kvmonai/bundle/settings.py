@@ -97,6 +97,7 @@ def check_train_settings(
     ckpt_dir: str,
     mlflow: Any = True,
     tracking_uri: str | None = None,
+    check_datalist: Any = True,
 ) -> bool:
     """Check the training settings of ``train.json``; returns ``True`` (for use in an ``initialize`` list).
 
@@ -115,7 +116,9 @@ def check_train_settings(
     _integer("slices_per_volume", slices_per_volume, 1)
     _integer("num_workers", num_workers, 0)
     _integer("seed", seed, 0)
-    _datalist(datalist, _integer("fold", fold, 0))
+    fold = _integer("fold", fold, 0)
+    if as_flag("check_datalist", check_datalist):  # off where data_split is given directly (the MONAI Label app)
+        _datalist(datalist, fold)
     _writable("output_dir", output_dir)
     _writable("ckpt_dir", ckpt_dir)
     if as_flag("mlflow", mlflow):

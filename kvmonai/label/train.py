@@ -256,6 +256,7 @@ class KVBundleTrainTask(BasicTrainTask):
             **self.spec.train_overrides,
             "bundle_root": str(self.spec.root),
             "data_split": [train_items, val_items],
+            "check_datalist": False,  # the split comes from the datastore, not from a datalist file
             "loading": study_loading(self.spec),
             "train#handlers": handlers,
             "max_epochs": int(request["max_epochs"]),
