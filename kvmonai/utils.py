@@ -15,6 +15,7 @@ from typing import Any
 from kvmonai.portable.files import atomic_output  # one implementation, which exported bundles carry too
 
 __all__ = [
+    "add_override_argument",
     "as_flag",
     "bounded_int",
     "atomic_output",
@@ -43,6 +44,13 @@ def config_override(text: str) -> tuple[str, Any]:
         return key, json.loads(value)
     except json.JSONDecodeError:
         return key, value
+
+
+def add_override_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """Add the repeatable ``--set id=value`` option (``args.overrides``: a list of ``(id, value)``) to ``parser``."""
+    parser.add_argument(
+        "--set", dest="overrides", action="append", type=config_override, default=[], metavar="ID=VALUE", help=help_text
+    )
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from kvmonai.utils import config_override
+from kvmonai.utils import add_override_argument
 
 __all__ = ["add_arguments", "run"]
 
@@ -17,14 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundle", type=Path, help="the kvmonai bundle folder (e.g. bundles/setr_kv)")
     parser.add_argument("--weights", type=Path, required=True, help="trained weights (the bundle's models/model.pt)")
     parser.add_argument("--out", type=Path, required=True, help="the exported bundle's folder (new, or empty)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        type=config_override,
-        default=[],
-        metavar="ID=VALUE",
-        help="inference.json value the weights were trained with, repeatable (e.g. --set preset=tiny "
+    add_override_argument(
+        parser,
+        "inference.json value the weights were trained with, repeatable (e.g. --set preset=tiny "
         "--set img_size=64); written into the exported config",
     )
     parser.add_argument(

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from kvmonai.utils import config_override
+from kvmonai.utils import add_override_argument
 
 __all__ = ["add_arguments", "run"]
 
@@ -22,14 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--fold", type=int, help="validation fold (default: the bundle's train.json fold)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the calibration slice choice (0)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        type=config_override,
-        default=[],
-        metavar="ID=VALUE",
-        help="inference.json override, repeatable (e.g. --set preset=tiny --set img_size=64 --set weights=W.pt)",
+    add_override_argument(
+        parser,
+        "inference.json override, repeatable (e.g. --set preset=tiny --set img_size=64 --set weights=W.pt)",
     )
     parser.add_argument("--quiet", action="store_true", help="only errors")
 

@@ -86,23 +86,14 @@ def test_seg_segments_are_coded_and_name_the_algorithm(tmp_path):
         assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("setr_kv", "0.1.0")
 
 
-def test_seg_on_pydicom_real_mr(tmp_path):
+def test_seg_on_pydicom_real_mr(tmp_path, mr_series):
     """pydicom's real MR_small.dcm: as one file, and as a four-slice series at 0.8 mm steps."""
     path = Path(get_testdata_file("MR_small.dcm", download=False))
     frames, truth, _, _ = _seg_round_trip(path, tmp_path / "one")
     assert frames.shape == (1, 64, 64, 3)
     np.testing.assert_array_equal(frames, truth)
 
-    ds0 = pydicom.dcmread(path)
-    folder, series = tmp_path / "series", generate_uid()
-    folder.mkdir()
-    for i in range(4):
-        ds = copy.deepcopy(ds0)
-        ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.InstanceNumber = generate_uid(), series, i + 1
-        x, y, z = (float(v) for v in ds0.ImagePositionPatient)
-        ds.ImagePositionPatient = [x, y, z + 0.8 * i]
-        ds.PixelData = (ds0.pixel_array + 50 * i).astype(ds0.pixel_array.dtype).tobytes()
-        ds.save_as(folder / f"im{(i * 3) % 4}.dcm")
+    folder, _ = mr_series
     frames, truth, _, _ = _seg_round_trip(folder, tmp_path / "four")
     assert frames.shape == (4, 64, 64, 3) and truth.any()
     np.testing.assert_array_equal(frames, truth)

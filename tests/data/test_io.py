@@ -21,24 +21,6 @@ from pydicom.data import get_testdata_file  # noqa: E402
 from pydicom.uid import generate_uid  # noqa: E402
 
 
-@pytest.fixture
-def mr_series(tmp_path):
-    """Four slices of pydicom's real MR_small.dcm at increasing z, written in shuffled file order."""
-    ds0 = pydicom.dcmread(get_testdata_file("MR_small.dcm", download=False))
-    series, folder = generate_uid(), tmp_path / "series"
-    folder.mkdir()
-    for i in range(4):
-        ds = copy.deepcopy(ds0)
-        ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.InstanceNumber = generate_uid(), series, i + 1
-        x, y, z = (float(v) for v in ds0.ImagePositionPatient)
-        ds.ImagePositionPatient = [x, y, z + 0.8 * i]
-        arr = ds0.pixel_array.copy()
-        arr[0, 0] = 10 * i  # marks the slice
-        ds.PixelData = arr.tobytes()
-        ds.save_as(folder / f"im{(i * 3) % 4}.dcm")
-    return folder, ds0.pixel_array
-
-
 @pytest.mark.parametrize("reader", ["itk", "pydicom"])
 def test_dicom_series(mr_series, reader):
     folder, pixels = mr_series
