@@ -260,7 +260,8 @@ Outputs, per input, in `output_dir`:
 - `<name>_seg.nii.gz`: the mask on the input's grid, {cfg.get("out_channels", 3)} channels
   ({", ".join(cfg.get("labels", []))}), in orientation PLS;
 - `<name>_seg.dcm` (DICOM inputs): a DICOM Segmentation (BINARY, overlapping organs kept) referencing the source
-  series, to load in 3D Slicer (File > Add DICOM Data) or OHIF next to the images.
+  series. It shows over the images in 3D Slicer (with the QuantitativeReporting extension, which reads DICOM SEG:
+  DICOM > Import the folder with the series and the SEG) and in OHIF (store both in the PACS).
 
 Settings (`--id value`): `series` (SeriesInstanceUID or SeriesNumber when a folder holds several series),
 `dicom_seg` (`auto`: for DICOM inputs, `always`, `never`), `threshold` ({cfg.get("threshold")}), `slice_batch`
