@@ -6,7 +6,7 @@ import copy
 import csv
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ __all__ = [
     "RunGuard",
     "RunInUseError",
     "lock_run_folder",
+    "move_aside",
     "release_run_folder",
     "RunRecorder",
     "ValidationHandler",
@@ -240,6 +241,22 @@ RUN_OUTPUTS: tuple[str, ...] = (
 )
 
 
+def move_aside(run_dir: Path, paths: Sequence[Path]) -> Path | None:
+    """Move the existing ``paths`` into ``run_dir/previous/<YYYYmmdd-HHMMSS>/``; returns that folder, or ``None``
+    when none of them exists (nothing is created then)."""
+    import shutil
+    import time
+
+    present = [Path(p) for p in paths if Path(p).exists()]
+    if not present:
+        return None
+    dest = Path(run_dir) / "previous" / time.strftime("%Y%m%d-%H%M%S")
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in present:
+        shutil.move(str(path), str(dest / path.name))
+    return dest
+
+
 #: locks taken by :func:`lock_run_folder` in a config's ``initialize`` step, adopted by the trainer's RunGuard
 _PENDING_LOCKS: dict[str, Any] = {}
 
@@ -360,22 +377,15 @@ class RunGuard:
             self._lock = None
 
     def _move_aside(self) -> None:
-        import shutil
-        import time
-
         earlier = [self.output_dir / n for n in RUN_OUTPUTS if (self.output_dir / n).exists()]
         if self.model_path is not None and self.model_path.is_file() and earlier:
             earlier.append(self.model_path)
-        if not earlier:
-            return
-        dest = self.output_dir / "previous" / time.strftime("%Y%m%d-%H%M%S")
-        dest.mkdir(parents=True, exist_ok=True)
-        for path in earlier:
-            shutil.move(str(path), str(dest / path.name))
-        logger.warning(
-            f"fresh run in {self.output_dir}: moved the earlier run's {', '.join(p.name for p in earlier)} to {dest} "
-            "(resume true continues a run instead)"
-        )
+        dest = move_aside(self.output_dir, earlier)
+        if dest is not None:
+            logger.warning(
+                f"fresh run in {self.output_dir}: moved the earlier run's {', '.join(p.name for p in earlier)} to "
+                f"{dest} (resume true continues a run instead)"
+            )
 
     def _mlflow_runs(self, status: str) -> list[Any]:
         import os

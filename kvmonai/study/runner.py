@@ -157,8 +157,12 @@ def data_fingerprint(datalist: Path) -> dict[str, Any]:
     return {"datalist": hashlib.sha256(text).hexdigest(), "volumes": len(files), "files": digest.hexdigest()}
 
 
-def run_fingerprint(cfg: StudyConfig, arch: str, attention: str, fold: int, seed: int) -> dict[str, Any]:
+def run_fingerprint(
+    cfg: StudyConfig, arch: str, attention: str, fold: int, seed: int, data: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Everything that shapes one run's result: settings, bundle configs, data and code version.
+
+    ``data`` is :func:`data_fingerprint` of ``cfg.datalist`` when the caller has it already (one per study).
 
     A run folder is reused (its ``result.json``, or its checkpoint resumed) only when its ``fingerprint.json``
     equals this; otherwise its outputs are moved aside and the run is trained again.
@@ -180,7 +184,7 @@ def run_fingerprint(cfg: StudyConfig, arch: str, attention: str, fold: int, seed
     return {
         "settings": json.loads(json.dumps(settings, default=str)),
         "bundle_configs": configs.hexdigest(),
-        "data": data_fingerprint(cfg.datalist),
+        "data": data if data is not None else data_fingerprint(cfg.datalist),
         "kvmonai": kvmonai.__version__,
     }
 
@@ -208,7 +212,9 @@ def _reusable(run_dir: Path, fingerprint: dict[str, Any]) -> tuple[bool, str]:
     return old == fingerprint, _changes(old, fingerprint)
 
 
-def _run_one(cfg: StudyConfig, arch: str, attention: str, fold: int, seed: int, parent_id: str | None) -> dict:
+def _run_one(
+    cfg: StudyConfig, arch: str, attention: str, fold: int, seed: int, parent_id: str | None, fingerprint: dict
+) -> dict:
     from kvmonai.bundle.checkpoint import load_checkpoint
 
     name = f"{arch}_{attention}"
@@ -234,13 +240,13 @@ def _run_one(cfg: StudyConfig, arch: str, attention: str, fold: int, seed: int, 
         **cfg.overrides,
     }
     # an earlier invocation may have left this folder: reuse it only if made with the same settings and data
-    fingerprint = run_fingerprint(cfg, arch, attention, fold, seed)
-    from kvmonai.bundle.handlers import RUN_OUTPUTS
+    from kvmonai.bundle.handlers import RUN_OUTPUTS, move_aside
 
     if any((run_dir / n).exists() for n in (*RUN_OUTPUTS, "model.pt")):
         same, changes = _reusable(run_dir, fingerprint)
         if not same:
-            moved = _move_aside(run_dir)
+            names = (*RUN_OUTPUTS, "fingerprint.json", "model.pt", "mlruns.db")
+            moved = move_aside(run_dir, [run_dir / n for n in names])
             logger.warning(f"{run_dir.name}: earlier outputs made with other settings ({changes}); moved to {moved}")
     write_text_atomic(run_dir / "fingerprint.json", json.dumps(fingerprint, indent=2) + "\n")
     # an earlier, interrupted invocation may have left a checkpoint: continue it, or only evaluate if it finished
@@ -284,20 +290,6 @@ def _run_one(cfg: StudyConfig, arch: str, attention: str, fold: int, seed: int, 
     _tag_child(cfg, f"{name}_fold{fold}_seed{seed}", parent_id, result)
     write_text_atomic(run_dir / "result.json", json.dumps(result, indent=2) + "\n")
     return result
-
-
-def _move_aside(run_dir: Path) -> Path:
-    """Move a run folder's outputs into ``run_dir/previous/<time>/``; returns that folder."""
-    import shutil
-
-    from kvmonai.bundle.handlers import RUN_OUTPUTS
-
-    dest = run_dir / "previous" / time.strftime("%Y%m%d-%H%M%S")
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in (*RUN_OUTPUTS, "fingerprint.json", "model.pt", "mlruns.db"):
-        if (run_dir / name).exists():
-            shutil.move(str(run_dir / name), str(dest / name))
-    return dest
 
 
 def _tag_child(cfg: StudyConfig, run_name: str, parent_id: str | None, result: dict) -> None:
@@ -352,11 +344,11 @@ def _init_worker(threads: int) -> None:
 
 
 def _guarded_run(
-    cfg: StudyConfig, arch: str, attention: str, fold: int, seed: int, parent_id: str | None
+    cfg: StudyConfig, arch: str, attention: str, fold: int, seed: int, parent_id: str | None, fingerprint: dict
 ) -> dict[str, Any]:
     """``{"result": ...}`` of one run, or ``{"failure": ...}`` with the error and its traceback (never raises)."""
     try:
-        return {"result": _run_one(cfg, arch, attention, fold, seed, parent_id)}
+        return {"result": _run_one(cfg, arch, attention, fold, seed, parent_id, fingerprint)}
     except Exception as e:
         failure = {"arch": arch, "attention": attention, "fold": fold, "seed": seed}
         return {"failure": {**failure, "error": _root_cause(e), "traceback": traceback.format_exc()}}
@@ -393,10 +385,12 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> dict[str, Any]:
     jobs = [(a, t, f, s) for a, t in pairs for f in cfg.folds for s in cfg.seeds]
     outcomes: dict[int, dict[str, Any]] = {}
     todo = []
+    data = data_fingerprint(cfg.datalist)  # once per study: it stats every volume
+    fingerprints = [run_fingerprint(cfg, *job, data=data) for job in jobs]
     for i, (arch, attention, fold, seed) in enumerate(jobs):
         run_dir = (cfg.out / "runs" / f"{arch}_{attention}_fold{fold}_seed{seed}").resolve()
         done = run_dir / "result.json"
-        if done.is_file() and _reusable(run_dir, run_fingerprint(cfg, arch, attention, fold, seed))[0]:
+        if done.is_file() and _reusable(run_dir, fingerprints[i])[0]:
             outcomes[i] = {"result": json.loads(done.read_text())}
         else:
             todo.append(i)
@@ -404,7 +398,7 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> dict[str, Any]:
     if cfg.jobs <= 1:
         for i in todo:
             bar.set_postfix_str("{}_{} fold {} seed {}".format(*jobs[i]))
-            outcomes[i] = _guarded_run(cfg, *jobs[i], parent_id)
+            outcomes[i] = _guarded_run(cfg, *jobs[i], parent_id, fingerprints[i])
             bar.update()
     else:
         import multiprocessing
@@ -413,7 +407,7 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> dict[str, Any]:
         threads = max(1, torch.get_num_threads() // cfg.jobs)
         context = multiprocessing.get_context("spawn")  # no forked OpenMP or MLflow state
         with ProcessPoolExecutor(cfg.jobs, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
-            futures = {pool.submit(_guarded_run, cfg, *jobs[i], parent_id): i for i in todo}
+            futures = {pool.submit(_guarded_run, cfg, *jobs[i], parent_id, fingerprints[i]): i for i in todo}
             for future in as_completed(futures):
                 outcomes[futures[future]] = future.result()
                 bar.set_postfix_str("{}_{} fold {} seed {} done".format(*jobs[futures[future]]))
