@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,8 @@ class DicomSeries:
         description: its SeriesDescription (may be empty).
         modality: its Modality.
         files: its files, sorted along the slice normal (inferior to superior for axial slices).
-        others: how many other image series the folder holds (non-zero only when one was chosen).
+        headers: their pydicom headers (no pixel data), in :attr:`files` order, as read by :func:`find_series`.
+        extra_files: DICOM files in the folder outside this series (other series, a DICOMDIR, reports).
     """
 
     source: Path
@@ -52,19 +53,21 @@ class DicomSeries:
     description: str
     modality: str
     files: tuple[Path, ...]
-    others: int = 0
+    headers: tuple[Any, ...] = field(default=(), repr=False, compare=False)
+    extra_files: int = 0
 
     def datasets(self, pixels: bool = False) -> list[Any]:
-        """The series' files read with pydicom, in :attr:`files` order (headers only unless ``pixels``)."""
+        """The series' datasets in :attr:`files` order: the headers already read, or the files again with pixels."""
         import pydicom
 
+        if not pixels and len(self.headers) == len(self.files):
+            return list(self.headers)
         return [pydicom.dcmread(f, stop_before_pixels=not pixels) for f in self.files]
 
     def affine(self) -> np.ndarray:
         """The ``4 x 4`` affine from voxel ``(row, column, slice)`` of the sorted files to RAS millimetres."""
-        import pydicom
-
-        first, last = (pydicom.dcmread(f, stop_before_pixels=True) for f in (self.files[0], self.files[-1]))
+        headers = self.datasets()
+        first, last = headers[0], headers[-1]
         iop = np.asarray([float(v) for v in first.ImageOrientationPatient])
         row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
         p0 = np.asarray([float(v) for v in first.ImagePositionPatient])
@@ -96,15 +99,16 @@ def is_dicom_file(path: Path) -> bool:
         return False
 
 
-def _read_headers(source: Path) -> list[tuple[Path, Any]]:
+def _read_headers(source: Path) -> tuple[list[tuple[Path, Any]], int]:
+    """The image headers at ``source`` and the number of DICOM files there (images or not, hidden ones too)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     if source.is_file():
-        candidates = [source]
-    else:
-        candidates = [e for e in sorted(source.iterdir()) if e.is_file() and not e.name.startswith(".")]
-        candidates = [e for e in candidates if is_dicom_file(e)]
+        every = candidates = [source]
+    else:  # hidden DICOM files are not read, but counted: MONAI's readers would read them with the folder
+        every = [e for e in sorted(source.iterdir()) if e.is_file() and is_dicom_file(e)]
+        candidates = [e for e in every if not e.name.startswith(".")]
     headers = []
     for f in candidates:
         try:
@@ -118,7 +122,7 @@ def _read_headers(source: Path) -> list[tuple[Path, Any]]:
             headers.append((f, ds))
     if not headers:
         raise DicomInputError(f"{source}: no DICOM images found.")
-    return headers
+    return headers, len(every)
 
 
 def _series_of(headers: Sequence[tuple[Path, Any]]) -> dict[str, list[tuple[Path, Any]]]:
@@ -129,7 +133,7 @@ def _series_of(headers: Sequence[tuple[Path, Any]]) -> dict[str, list[tuple[Path
     return groups
 
 
-def _describe(source: Path, uid: str, items: Sequence[tuple[Path, Any]], files: Sequence[Path]) -> DicomSeries:
+def _describe(source: Path, uid: str, items: Sequence[tuple[Path, Any]]) -> DicomSeries:
     ds = items[0][1]
     number = ds.get("SeriesNumber")
     return DicomSeries(
@@ -138,7 +142,8 @@ def _describe(source: Path, uid: str, items: Sequence[tuple[Path, Any]], files: 
         number=int(number) if number not in (None, "") else None,
         description=str(ds.get("SeriesDescription", "")),
         modality=str(ds.get("Modality", "")),
-        files=tuple(files),
+        files=tuple(f for f, _ in items),
+        headers=tuple(h for _, h in items),
     )
 
 
@@ -146,7 +151,7 @@ def _choose(source: Path, groups: dict[str, list[tuple[Path, Any]]], series: str
     if series is None or str(series) == "":
         if len(groups) == 1:
             return next(iter(groups))
-        lines = [f"  - {_describe(source, u, g, [f for f, _ in g]).label()}" for u, g in groups.items()]
+        lines = [f"  - {_describe(source, u, g).label()}" for u, g in groups.items()]
         raise DicomInputError(
             f"{source}: the folder holds {len(groups)} image series; choose one by its SeriesInstanceUID or "
             "SeriesNumber (bundle setting series, e.g. --series <UID>), or give each series its own folder:\n"
@@ -158,7 +163,7 @@ def _choose(source: Path, groups: dict[str, list[tuple[Path, Any]]], series: str
     by_number = [u for u, g in groups.items() if str(g[0][1].get("SeriesNumber", "")) == wanted]
     if len(by_number) == 1:
         return by_number[0]
-    known = ", ".join(f"{_describe(source, u, g, [f for f, _ in g]).label()}" for u, g in groups.items())
+    known = ", ".join(f"{_describe(source, u, g).label()}" for u, g in groups.items())
     why = "several series have that number" if by_number else "no such SeriesInstanceUID or SeriesNumber"
     raise DicomInputError(f"{source}: series {wanted!r}: {why}; the folder holds: {known}.")
 
@@ -242,9 +247,8 @@ def find_series(source: str | os.PathLike, series: str | int | None = None) -> D
     source = Path(source)
     if not source.exists():
         raise DicomInputError(f"{source}: no such file or folder.")
-    groups = _series_of(_read_headers(source))
+    headers, dicom_files = _read_headers(source)
+    groups = _series_of(headers)
     uid = _choose(source, groups, series)
-    label = _describe(source, uid, groups[uid], [f for f, _ in groups[uid]]).label()
-    items = _check_geometry(source, label, groups[uid])
-    found = _describe(source, uid, items, [f for f, _ in items])
-    return replace(found, others=len(groups) - 1)
+    items = _check_geometry(source, _describe(source, uid, groups[uid]).label(), groups[uid])
+    return replace(_describe(source, uid, items), extra_files=dicom_files - len(items))

@@ -96,7 +96,7 @@ def _read(reader: str, path: Path) -> MetaTensor:
 def _load_dicom(path: Path, reader: str, series: str | int | None) -> MetaTensor:
     found = find_series(path, series)
     try:
-        if path.is_file() or (found.others == 0 and not _has_other_dicom(path, found.files)):
+        if path.is_file() or found.extra_files == 0:
             img = _read(reader, path)
         else:  # MONAI reads a folder as one series: read the chosen one from a folder of links to its files
             with tempfile.TemporaryDirectory(prefix="kvmonai-series-") as tmp:
@@ -142,12 +142,6 @@ def _check_grid(
             f"{np.round(affine, 3).tolist()}, the headers give {np.round(expected, 3).tolist()}); read it with "
             "dicom_reader 'itk'."
         )
-
-
-def _has_other_dicom(folder: Path, files: tuple[Path, ...]) -> bool:
-    """Whether ``folder`` holds DICOM files outside ``files`` (e.g. a DICOMDIR or a structured report)."""
-    keep = {f.name for f in files}
-    return any(e.is_file() and e.name not in keep and is_dicom_file(e) for e in folder.iterdir())
 
 
 def load_volume(path: str | os.PathLike, dicom_reader: str = "itk", series: str | int | None = None) -> MetaTensor:
