@@ -118,6 +118,12 @@ def _highdicom() -> Any:
     return highdicom
 
 
+def _check_labels(labels: Sequence[str]) -> None:
+    unknown = [name for name in labels if name not in SEGMENT_CODES]
+    if unknown:
+        raise ValueError(f"labels {unknown} have no SNOMED CT code; known labels: {sorted(SEGMENT_CODES)}.")
+
+
 def segment_descriptions(labels: Sequence[str], algorithm_name: str, algorithm_version: str) -> list[Any]:
     """highdicom segment descriptions for ``labels`` (keys of :data:`SEGMENT_CODES`), numbered from 1.
 
@@ -127,9 +133,7 @@ def segment_descriptions(labels: Sequence[str], algorithm_name: str, algorithm_v
     hd = _highdicom()
     from pydicom.sr.codedict import codes
 
-    unknown = [name for name in labels if name not in SEGMENT_CODES]
-    if unknown:
-        raise ValueError(f"labels {unknown} have no SNOMED CT code; known labels: {sorted(SEGMENT_CODES)}.")
+    _check_labels(labels)
     algorithm = hd.AlgorithmIdentificationSequence(
         name=algorithm_name, version=algorithm_version, family=codes.cid7162.ArtificialIntelligence
     )
@@ -252,9 +256,7 @@ class SaveDicomSegd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         if mode not in SEG_MODES:
             raise ValueError(f"dicom_seg must be one of {list(SEG_MODES)}, got {mode!r}.")
-        unknown = [name for name in labels if name not in SEGMENT_CODES]
-        if unknown:
-            raise ValueError(f"labels {unknown} have no SNOMED CT code; known labels: {sorted(SEGMENT_CODES)}.")
+        _check_labels(labels)
         self.output_dir = Path(output_dir)
         self.labels = list(labels)
         self.algorithm_name, self.algorithm_version = str(algorithm_name), str(algorithm_version)

@@ -51,6 +51,13 @@ NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
 _READERS = {"itk": "ITKReader", "pydicom": "PydicomReader"}
 
 
+def _reader(dicom_reader: str) -> str:
+    """MONAI's reader class name for ``dicom_reader``; raises ``ValueError`` for another value."""
+    if dicom_reader not in _READERS:
+        raise ValueError(f"dicom_reader must be one of {sorted(_READERS)}, got {dicom_reader!r}.")
+    return _READERS[dicom_reader]
+
+
 def to_canonical(img: torch.Tensor, source: str | os.PathLike) -> MetaTensor:
     """A channel-first 2D or 3D ``MetaTensor`` as a float32 ``(1, H, W, D)`` volume in ``PLS``.
 
@@ -164,9 +171,7 @@ def load_volume(path: str | os.PathLike, dicom_reader: str = "itk", series: str 
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file or folder.")
-    if dicom_reader not in _READERS:
-        raise ValueError(f"dicom_reader must be one of {sorted(_READERS)}, got {dicom_reader!r}.")
-    reader = _READERS[dicom_reader]
+    reader = _reader(dicom_reader)
     if p.is_file() and p.name.lower().endswith(NIFTI_SUFFIXES):
         try:
             img = _read("NibabelReader", p)
@@ -196,8 +201,7 @@ class LoadVolumed(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        if dicom_reader not in _READERS:
-            raise ValueError(f"dicom_reader must be one of {sorted(_READERS)}, got {dicom_reader!r}.")
+        _reader(dicom_reader)  # validates early
         self.dicom_reader = dicom_reader
         self.series = series
 
