@@ -80,6 +80,26 @@ def _slice_affine(affine: torch.Tensor, index: int, dim: int) -> torch.Tensor:
     return a[keep][:, keep]
 
 
+class _PerKeyd(MapTransform):
+    """A dictionary transform that applies its array transform ``self.transform`` to every key (MONAI's pattern)."""
+
+    transform: Any
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Apply the transform to every key.
+
+        Args:
+            data: the sample.
+
+        Returns:
+            a copy of ``data`` with each key's value transformed.
+        """
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.transform(d[key])
+        return d
+
+
 class NeighbourChannels(Transform):
     """Stack neighbouring slices as channels for every slice of a volume.
 
@@ -121,7 +141,7 @@ class NeighbourChannels(Transform):
         return out
 
 
-class NeighbourChannelsd(MapTransform):
+class NeighbourChannelsd(_PerKeyd):
     """Dictionary version of :class:`NeighbourChannels`.
 
     Args:
@@ -135,20 +155,6 @@ class NeighbourChannelsd(MapTransform):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.transform = NeighbourChannels(offsets)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        """Apply the transform to every key.
-
-        Args:
-            data: the sample.
-
-        Returns:
-            a copy of ``data`` with the volumes replaced.
-        """
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.transform(d[key])
-        return d
 
 
 class ExtractSlice(Transform):
@@ -413,7 +419,7 @@ class ScaleIntensityRobust(Transform):
         return out
 
 
-class ScaleIntensityRobustd(MapTransform):
+class ScaleIntensityRobustd(_PerKeyd):
     """Dictionary version of :class:`ScaleIntensityRobust`.
 
     Args:
@@ -442,17 +448,3 @@ class ScaleIntensityRobustd(MapTransform):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.transform = ScaleIntensityRobust(lower, upper, b_min, b_max, clip, per_slice, dtype)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        """Apply the transform to every key.
-
-        Args:
-            data: the sample.
-
-        Returns:
-            a copy of ``data`` with the images scaled.
-        """
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.transform(d[key])
-        return d
