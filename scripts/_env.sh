@@ -36,7 +36,7 @@ stamp="$VENV/.kvmonai-install-stamp"
 want="$(cat "$ROOT/pyproject.toml" "$CONSTRAINTS" | sha256sum | cut -d' ' -f1) system_torch=${KVMONAI_SYSTEM_TORCH:-0}"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "[kvmonai] installing kvmonai and its dependencies into $VENV (a few minutes the first time)" >&2
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${pip_constraint[@]}" -e "$ROOT[test,openvino,dicom]"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${pip_constraint[@]}" -e "$ROOT[test,openvino,dicom,timm]"
     printf '%s' "$want" > "$stamp.tmp" && mv "$stamp.tmp" "$stamp"
 fi
 # shellcheck disable=SC1091
