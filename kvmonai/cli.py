@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "kvmonai.bundle.export_cli",
         "a self-contained inference bundle that runs with MONAI alone",
     ),
+    "pacs": ("kvmonai.label.pacs_cli", "a local Orthanc PACS with DICOMweb: start, stop, status, load MR series"),
     "quantize": ("kvmonai.inference.quantize_cli", "int8 post-training quantisation of an inference bundle (OpenVINO)"),
     "benchmark": (
         "kvmonai.benchmark.cli",

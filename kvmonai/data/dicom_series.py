@@ -62,6 +62,7 @@ def write_dicom_series(
     series_number: int = 1,
     study_uid: str | None = None,
     frame_of_reference_uid: str | None = None,
+    uid_seed: str | None = None,
 ) -> DicomSeriesInfo:
     """Write ``volume`` as one DICOM MR series, a file per slice along its last axis.
 
@@ -80,6 +81,8 @@ def write_dicom_series(
         series_number: SeriesNumber.
         study_uid: StudyInstanceUID (new if ``None``); give one to add a series to a study.
         frame_of_reference_uid: FrameOfReferenceUID (new if ``None``).
+        uid_seed: derive every UID not given from this text (e.g. the volume's content hash), so that writing the
+            same volume again gives the same UIDs and a PACS keeps one copy; ``None``: random UIDs.
 
     Returns:
         the files and UIDs written.
@@ -108,15 +111,20 @@ def write_dicom_series(
     out.mkdir(parents=True, exist_ok=True)
     if any(p.suffix == ".dcm" for p in out.iterdir()):
         raise ValueError(f"{out}: already holds DICOM files; write each series into an empty folder.")
-    study_uid = study_uid or generate_uid()
-    series_uid, frame_uid = generate_uid(), frame_of_reference_uid or generate_uid()
+    def new_uid(role: str) -> str:
+        return generate_uid(entropy_srcs=[uid_seed, role]) if uid_seed is not None else generate_uid()
+
+    study_uid = study_uid or new_uid("study")
+    series_uid, frame_uid = new_uid(f"series {study_uid}"), frame_of_reference_uid or new_uid("frame of reference")
     pixels = np.clip(np.rint(vol), 0, 65535).astype(np.uint16)
+    low, high = (float(v) for v in np.percentile(pixels, (1, 99)))
+    window = (round((low + high) / 2, 1), round(max(high - low, 1.0), 1))
     normal = np.cross(_RAS_TO_LPS @ cos_row, _RAS_TO_LPS @ cos_col)
     files, sops = [], []
     for k in range(vol.shape[2]):
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = MRImageStorage
-        meta.MediaStorageSOPInstanceUID = sop = generate_uid()
+        meta.MediaStorageSOPInstanceUID = sop = new_uid(f"instance {series_uid} {k}")
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
         ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, sop
@@ -138,6 +146,7 @@ def write_dicom_series(
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.Rows, ds.Columns = int(vol.shape[0]), int(vol.shape[1])
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.WindowCenter, ds.WindowWidth = window  # the display window of the whole series, as scanners write
         ds.PixelData = np.ascontiguousarray(pixels[:, :, k]).tobytes()
         path = out / f"IM{k + 1:04d}.dcm"
         pydicom.dcmwrite(path, ds, enforce_file_format=True)

@@ -128,7 +128,7 @@ def load_volume(
             raise
         if p.is_dir():
             raise ValueError(f"{p}: folder holds neither PNG slices nor DICOM files.") from None
-        raise ValueError(f"{p}: not a NIfTI (.nii/.nii.gz), DICOM or PNG file.") from None
+        raise ValueError(f"{p}: not a NIfTI (.nii/.nii.gz), NRRD, DICOM or PNG file.") from None
 
 
 class LoadVolumed(PortableLoadVolumed):

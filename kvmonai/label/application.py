@@ -69,6 +69,45 @@ class KVMonaiLabelApp(MONAILabelApp):
             labels=labels,
         )
 
+    def init_remote_datastore(self) -> Any:
+        """A DICOMweb PACS as :class:`~kvmonai.label.dicomweb.KVDicomWebDatastore` (organ-correct SEG both ways).
+
+        Built as monailabel's own ``_init_dicomweb_datastore`` builds its datastore (same settings, and dcmqi taken
+        from ``PATH``), with kvmonai's subclass. XNAT, DSA and Google Cloud datastores are MONAI Label's.
+        """
+        from monailabel.config import settings
+        from monailabel.datastore.dicom import DICOMwebClientX
+
+        from kvmonai.label.dicomweb import KVDicomWebDatastore
+
+        if settings.MONAI_LABEL_DATASTORE.lower() in ("xnat", "dsa") or "googleapis.com" in self.studies:
+            return super().init_remote_datastore()
+        session = None
+        if settings.MONAI_LABEL_DICOMWEB_USERNAME and settings.MONAI_LABEL_DICOMWEB_PASSWORD:
+            from dicomweb_client.session_utils import create_session_from_user_pass
+
+            session = create_session_from_user_pass(
+                settings.MONAI_LABEL_DICOMWEB_USERNAME, settings.MONAI_LABEL_DICOMWEB_PASSWORD
+            )
+        client = DICOMwebClientX(
+            url=self.studies,
+            session=session,
+            qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
+            wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
+            stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX,
+        )
+        self._download_dcmqi_tools()  # a no-op when itkimage2segimage is on PATH (scripts/label_server.sh)
+        cache = (settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or "").strip()
+        return KVDicomWebDatastore(
+            labels=self.labels,
+            algorithm=f"kvmonai {kvmonai.__version__}",
+            client=client,
+            search_filter=settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER,
+            cache_path=cache or None,
+            fetch_by_frame=settings.MONAI_LABEL_DICOMWEB_FETCH_BY_FRAME,
+            convert_to_nifti=settings.MONAI_LABEL_DICOMWEB_CONVERT_TO_NIFTI,
+        )
+
     def init_infers(self) -> dict[str, InferTask]:
         """One :class:`~kvmonai.label.infer.KVBundleInferTask` per bundle, named like the bundle."""
         return {spec.name: KVBundleInferTask(spec) for spec in self.specs}

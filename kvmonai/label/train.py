@@ -152,7 +152,9 @@ class KVBundleTrainTask(BasicTrainTask):
             one entry per labelled study, sorted by id.
         """
         items = []
-        for image_id in sorted(datastore.get_labeled_images(DefaultLabelTag.FINAL)):
+        # a PACS datastore fetches its SEGs and their images here (a local one only lists its folder)
+        datastore.datalist()
+        for image_id in sorted(set(datastore.get_labeled_images(DefaultLabelTag.FINAL))):
             info = datastore.get_label_info(image_id, DefaultLabelTag.FINAL) or {}
             items.append(
                 {

@@ -48,6 +48,8 @@ RAS_AXIS_LABELS: tuple[tuple[str, str], ...] = (("L", "R"), ("P", "A"), ("I", "S
 DICOM_SOURCE_KEY = "dicom_source"
 DICOM_SERIES_KEY = "dicom_series"
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
+#: NRRD, as 3D Slicer saves volumes and segmentations and MONAI Label keeps labels fetched from a PACS
+NRRD_SUFFIXES: tuple[str, ...] = (".nrrd", ".nhdr")
 _READERS = {"itk": "ITKReader", "pydicom": "PydicomReader"}
 
 
@@ -155,7 +157,8 @@ def load_volume(path: str | os.PathLike, dicom_reader: str = "itk", series: str 
     """Load a NIfTI file or a DICOM series (folder or single file) as a ``(1, H, W, D)`` float32 volume in ``PLS``.
 
     Args:
-        path: a ``.nii``/``.nii.gz`` file, a DICOM file, or a folder of DICOM files.
+        path: a ``.nii``/``.nii.gz`` file, a ``.nrrd``/``.nhdr`` file (read by ITK), a DICOM file, or a folder of
+            DICOM files.
         dicom_reader: ``"itk"`` (MONAI ``ITKReader``) or ``"pydicom"`` (MONAI ``PydicomReader``).
         series: the SeriesInstanceUID or SeriesNumber to read when a DICOM folder holds several series.
 
@@ -178,9 +181,15 @@ def load_volume(path: str | os.PathLike, dicom_reader: str = "itk", series: str 
         except Exception as e:  # readers raise many types on broken files
             raise ValueError(f"{p}: NibabelReader could not read the file ({e}).") from e
         return to_canonical(img, p)
+    if p.is_file() and p.name.lower().endswith(NRRD_SUFFIXES):
+        try:
+            img = _read("ITKReader", p)
+        except Exception as e:  # readers raise many types on broken files
+            raise ValueError(f"{p}: ITKReader could not read the file ({e}).") from e
+        return to_canonical(img, p)
     if (p.is_file() and is_dicom_file(p)) or (p.is_dir() and any(is_dicom_file(e) for e in p.iterdir() if e.is_file())):
         return _load_dicom(p, reader, series)
-    raise ValueError(f"{p}: not a NIfTI file (.nii/.nii.gz), a DICOM file or a folder of DICOM files.")
+    raise ValueError(f"{p}: not a NIfTI file (.nii/.nii.gz), an NRRD file, a DICOM file or a folder of DICOM files.")
 
 
 class LoadVolumed(MapTransform):
