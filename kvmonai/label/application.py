@@ -58,6 +58,8 @@ class KVMonaiLabelApp(MONAILabelApp):
             if not spec.weights.is_file():
                 logger.warning(spec.missing_weights_message() + " Until then it is offered for training only.")
         names = ", ".join(s.name for s in self.specs)
+        #: organ name -> value in the label maps (each model's ``labels`` in ``/info/`` give the same)
+        self.label_values = dict(sorted(labels.items(), key=lambda kv: kv[1]))
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -66,7 +68,8 @@ class KVMonaiLabelApp(MONAILabelApp):
             description=f"kvmonai bundles ({names}) from {self.settings.bundles_dir}; "
             f"overrides {self.settings.overrides or 'none'}",
             version=kvmonai.__version__,
-            labels=labels,
+            # a list of names, as MONAI Label builds it itself from the models' labels: its OHIF panel needs a list
+            labels=list(self.label_values),
         )
 
     def init_remote_datastore(self) -> Any:
@@ -99,7 +102,7 @@ class KVMonaiLabelApp(MONAILabelApp):
         self._download_dcmqi_tools()  # a no-op when itkimage2segimage is on PATH (scripts/label_server.sh)
         cache = (settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or "").strip()
         return KVDicomWebDatastore(
-            labels=self.labels,
+            labels=self.label_values,
             algorithm=f"kvmonai {kvmonai.__version__}",
             client=client,
             search_filter=settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER,

@@ -31,15 +31,16 @@ from monailabel.datastore.dicom import DICOMWebDatastore
 from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.datastore import DefaultLabelTag
 
-__all__ = ["KVDicomWebDatastore", "segment_label_info", "seg_label_info"]
+__all__ = ["SEGMENT_COLOURS", "KVDicomWebDatastore", "seg_label_info", "segment_label_info"]
 
 logger = logging.getLogger(__name__)
 
-#: MONAI Label's default display colours are per name; these follow the usual bowel/stomach colours of atlases
-_COLOURS: dict[str, tuple[int, int, int]] = {
-    "large_bowel": (205, 167, 142),
-    "small_bowel": (255, 253, 229),
-    "stomach": (216, 132, 105),
+#: recommended display colours (DICOM ``RecommendedDisplayCIELabValue``, given as RGB to dcmqi): saturated hues that
+#: stand apart from each other and from grey MR intensities in a viewer
+SEGMENT_COLOURS: dict[str, tuple[int, int, int]] = {
+    "large_bowel": (255, 170, 0),
+    "small_bowel": (0, 200, 255),
+    "stomach": (230, 60, 170),
 }
 
 
@@ -88,7 +89,7 @@ def segment_label_info(values: Sequence[int], labels: Mapping[str, int], algorit
                         "CodingSchemeDesignator": "SCT",
                         "CodeMeaning": meaning,
                     },
-                    "recommendedDisplayRGBValue": list(_COLOURS.get(name, (255, 0, 0))),
+                    "recommendedDisplayRGBValue": list(SEGMENT_COLOURS.get(name, (255, 0, 0))),
                 },
             }
         )

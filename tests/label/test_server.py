@@ -12,13 +12,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -34,32 +31,12 @@ from kvmonai.networks import create
 REPO = Path(__file__).resolve().parents[2]
 LABEL_VENV = Path(os.environ.get("KVMONAI_LABEL_VENV", REPO / ".venv-label"))
 TINY = {"preset": "tiny", "img_size": 64}
-#: the app's --conf overrides: the tiny preset, and training shrunk to seconds
-OVERRIDES = "preset=tiny,img_size=64,num_workers=0,slices_per_volume=4,volumes_per_batch=2"
 LABEL_INFO = [{"name": "large_bowel", "idx": 1}, {"name": "small_bowel", "idx": 2}, {"name": "stomach", "idx": 3}]
 
 pytestmark = pytest.mark.skipif(
     not (LABEL_VENV / "bin" / "python").is_file(),
     reason=f"no MONAI Label environment at {LABEL_VENV}: create it with scripts/label_env.sh (scripts/test.sh does)",
 )
-
-
-@dataclass
-class Server:
-    url: str
-    bundles: Path
-    studies: Path
-    log: Path
-
-    def log_tail(self, lines: int = 60) -> str:
-        text = self.log.read_text(errors="replace") if self.log.is_file() else "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _same_weights(a: Path, b: Path) -> bool:
@@ -92,41 +69,10 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(workspace: Path) -> Iterator[Server]:
-    """scripts/label_server.sh on a free loopback port; killed (whole process group) afterwards."""
-    port = _free_port()
-    env = {**os.environ, "KVMONAI_LABEL_PORT": str(port), "MONAI_LABEL_SESSION_PATH": str(workspace / "sessions")}
-    env["KVMONAI_LABEL_VENV"] = str(LABEL_VENV)
-    cmd = [str(REPO / "scripts" / "label_server.sh"), str(workspace / "studies")]
-    cmd += ["--conf", "bundles", str(workspace / "bundles"), "--conf", "models", "setr_kv,unetr_kv"]
-    cmd += ["--conf", "overrides", OVERRIDES]
-    srv = Server(f"http://127.0.0.1:{port}", workspace / "bundles", workspace / "studies", workspace / "server.log")
-    with open(srv.log, "wb") as log:
-        proc = subprocess.Popen(
-            cmd, cwd=workspace, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the server exited with status {proc.returncode}:\n{srv.log_tail()}")
-            try:
-                if requests.get(f"{srv.url}/info/", timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server did not answer /info/ within 120 s:\n{srv.log_tail()}")
-            time.sleep(0.5)
+def server(workspace: Path, start_label_server) -> Iterator[Any]:
+    """scripts/label_server.sh on the studies folder, serving setr_kv (weights) and unetr_kv (none)."""
+    with start_label_server(workspace / "studies", workspace / "bundles", ["setr_kv", "unetr_kv"], workspace) as srv:
         yield srv
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
 
 
 def _bundle_label(bundle: Path, image: Path, out: Path) -> nib.Nifti1Image:
@@ -141,7 +87,7 @@ def _bundle_label(bundle: Path, image: Path, out: Path) -> nib.Nifti1Image:
     return nib.Nifti1Image(label, pred.affine)
 
 
-def _infer(srv: Server, model: str, dest: Path, image: str | None = None, upload: Path | None = None):
+def _infer(srv: Any, model: str, dest: Path, image: str | None = None, upload: Path | None = None):
     """POST /infer/<model> for a study id or an uploaded file; the returned label is written to ``dest``."""
     params = {"output": "image", **({"image": image} if image else {})}
     if upload is None:
@@ -155,10 +101,10 @@ def _infer(srv: Server, model: str, dest: Path, image: str | None = None, upload
 
 
 @pytest.mark.slow
-def test_info_lists_bundles_labels_and_trainers(server: Server):
+def test_info_lists_bundles_labels_and_trainers(server: Any):
     info = requests.get(f"{server.url}/info/", timeout=30).json()
     labels = {"large_bowel": 1, "small_bowel": 2, "stomach": 3}
-    assert info["name"] == "kvmonai" and info["labels"] == labels
+    assert info["name"] == "kvmonai" and info["labels"] == list(labels)  # names in value order
     assert list(info["models"]) == ["setr_kv"]  # unetr_kv has no weights yet: training only
     model = info["models"]["setr_kv"]
     assert model["type"] == "segmentation" and model["labels"] == labels and model["dimension"] == 3
@@ -172,7 +118,7 @@ def test_info_lists_bundles_labels_and_trainers(server: Server):
 
 
 @pytest.mark.slow
-def test_infer_returns_the_bundles_label_on_the_input_grid(server: Server, tmp_path: Path):
+def test_infer_returns_the_bundles_label_on_the_input_grid(server: Any, tmp_path: Path):
     study = server.studies / "study1.nii.gz"
     r = _infer(server, "setr_kv", tmp_path / "label.nii.gz", image="study1")
     assert r.status_code == 200, f"{r.status_code} {r.text[:500]}\n{server.log_tail()}"
@@ -196,14 +142,14 @@ def test_infer_returns_the_bundles_label_on_the_input_grid(server: Server, tmp_p
 
 
 @pytest.mark.slow
-def test_infer_errors_name_the_problem(server: Server, tmp_path: Path):
+def test_infer_errors_name_the_problem(server: Any, tmp_path: Path):
     r = _infer(server, "unetr_kv", tmp_path / "x.nii.gz", image="study1")
     assert r.status_code == 409 and "no trained weights" in r.json()["detail"] and "unetr_kv" in r.json()["detail"]
     r = _infer(server, "nope", tmp_path / "x.nii.gz", image="study1")
     assert r.status_code == 404 and "setr_kv" in r.json()["detail"]
 
 
-def _train(srv: Server, params: dict) -> dict:
+def _train(srv: Any, params: dict) -> dict:
     """POST /train/setr_kv, wait until it ends, and return the model's train_stats from /info/."""
     r = requests.post(f"{srv.url}/train/setr_kv", json=params, timeout=60)
     assert r.status_code == 200, r.text
@@ -220,7 +166,7 @@ def _train(srv: Server, params: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_training_through_rest_fine_tunes_the_served_weights(server: Server, tmp_path: Path):
+def test_training_through_rest_fine_tunes_the_served_weights(server: Any, tmp_path: Path):
     """Submit a label as 3D Slicer does, fine-tune one tiny epoch, retrain from scratch, get the new weights served."""
     bundle = server.bundles / "setr_kv"
     weights = bundle / "models" / "model.pt"
