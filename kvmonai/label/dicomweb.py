@@ -31,17 +31,9 @@ from monailabel.datastore.dicom import DICOMWebDatastore
 from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.datastore import DefaultLabelTag
 
-__all__ = ["SEGMENT_COLOURS", "KVDicomWebDatastore", "seg_label_info", "segment_label_info"]
+__all__ = ["KVDicomWebDatastore", "seg_label_info", "segment_label_info"]
 
 logger = logging.getLogger(__name__)
-
-#: recommended display colours (DICOM ``RecommendedDisplayCIELabValue``, given as RGB to dcmqi): saturated hues that
-#: stand apart from each other and from grey MR intensities in a viewer
-SEGMENT_COLOURS: dict[str, tuple[int, int, int]] = {
-    "large_bowel": (255, 170, 0),
-    "small_bowel": (0, 200, 255),
-    "stomach": (230, 60, 170),
-}
 
 
 def segment_label_info(values: Sequence[int], labels: Mapping[str, int], algorithm: str) -> list[dict[str, Any]]:
@@ -58,7 +50,7 @@ def segment_label_info(values: Sequence[int], labels: Mapping[str, int], algorit
     Raises:
         ValueError: for a value that is no organ of the app (the message lists the organs).
     """
-    from kvmonai.portable.dicom_seg import SEGMENT_CODES
+    from kvmonai.portable.dicom_seg import SEGMENT_CODES, SEGMENT_COLOURS
 
     by_value = {v: name for name, v in labels.items()}
     out = []

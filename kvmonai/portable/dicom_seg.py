@@ -36,6 +36,7 @@ from .volume import DICOM_SERIES_KEY, DICOM_SOURCE_KEY
 
 __all__ = [
     "SEGMENT_CODES",
+    "SEGMENT_COLOURS",
     "SEG_MODES",
     "SaveDicomSegd",
     "mask_on_source_grid",
@@ -48,6 +49,13 @@ SEGMENT_CODES: dict[str, tuple[str, str, str]] = {
     "large_bowel": ("Large bowel", "14742008", "Large intestine"),
     "small_bowel": ("Small bowel", "30315005", "Small intestine"),
     "stomach": ("Stomach", "69695003", "Stomach"),
+}
+#: recommended display colours as RGB (MONAI Label's SEG writer, dcmqi, stores them as RecommendedDisplayCIELabValue):
+#: saturated hues that stand apart from each other and from grey MR intensities in a viewer
+SEGMENT_COLOURS: dict[str, tuple[int, int, int]] = {
+    "large_bowel": (255, 170, 0),
+    "small_bowel": (0, 200, 255),
+    "stomach": (230, 60, 170),
 }
 #: ``SaveDicomSegd(mode=...)``: ``auto`` writes a SEG for DICOM inputs only, ``always`` refuses other inputs
 SEG_MODES: tuple[str, ...] = ("auto", "always", "never")

@@ -7,6 +7,7 @@ Label environment, Orthanc or Chromium the tests that need them are skipped with
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -17,7 +18,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import requests
 
@@ -181,3 +184,85 @@ def pacs_loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PacsLoop]:
             studies.append(Study(loaded.patient_id, image, label, loaded.series_uid, loaded.study_uid, tilt))
         with label_server(orthanc.dicomweb_url, root / "bundles", ["setr_kv"], root / "label", env) as server:
             yield PacsLoop(orthanc, server, studies, root)
+
+
+#: what 3D Slicer and OHIF send with a label: every organ of the app, whatever the label holds
+CLIENT_LABEL_INFO = [
+    {"name": "large_bowel", "idx": 1},
+    {"name": "small_bowel", "idx": 2},
+    {"name": "stomach", "idx": 3},
+]
+
+
+def _infer_series(loop: PacsLoop, series_uid: str, params: dict) -> requests.Response:
+    """POST /infer/setr_kv for a PACS series by its UID."""
+    r = requests.post(
+        f"{loop.server.url}/infer/setr_kv",
+        params={"image": series_uid, "output": "image"},
+        files={"params": (None, json.dumps(params))},
+        timeout=180,
+    )
+    assert r.status_code == 200, f"{r.status_code} {r.text[:300]}\n{loop.server.log_tail()}"
+    return r
+
+
+@pytest.fixture(scope="session")
+def infer_series() -> Callable[..., requests.Response]:
+    """``infer_series(loop, series_uid, params)``: MONAI Label's inference of a PACS series."""
+    return _infer_series
+
+
+def _truth_on(grid: Any, study: Study, organs: tuple[int, ...]) -> np.ndarray:
+    """The study's ground truth (values 1..3, later organ wins) resampled onto ``grid``, keeping only ``organs``.
+
+    The series was written from the prepared volume with its geometry rotated by ``study.tilt`` about the origin, so a
+    grid voxel maps to the prepared voxel ``inv(A_truth) @ inv(R) @ A_grid``: a permutation for these grids.
+    """
+    import nibabel as nib
+    from scipy import ndimage
+
+    from kvmonai.data.dicom_series import rotation
+
+    truth = nib.load(study.label)
+    channels = np.asarray(truth.dataobj)
+    values = np.zeros(channels.shape[:3], np.uint8)
+    for c in range(3):
+        if c + 1 in organs:
+            values[channels[..., c] > 0] = c + 1
+    r4 = np.eye(4)
+    r4[:3, :3] = rotation(study.tilt, (1.0, 1.0, 0.0)) if study.tilt else np.eye(3)
+    m = np.linalg.inv(truth.affine) @ np.linalg.inv(r4) @ grid.affine
+    assert np.allclose(np.abs(m[:3, :3]).sum(0), 1.0, atol=1e-3), "the grids are not voxel permutations"
+    return ndimage.affine_transform(values, m[:3, :3], m[:3, 3], output_shape=grid.shape, order=0)
+
+
+@pytest.fixture(scope="session")
+def submit_truth(pacs_loop: PacsLoop, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., np.ndarray]:
+    """``submit_truth(study, organs)``: save the study's ground truth (only ``organs``) as its final label, as a
+    client does (with every organ in ``label_info``); returns the label array on the study's grid."""
+    import nibabel as nib
+
+    def submit(study: Study, organs: tuple[int, ...] = (1, 2, 3)) -> np.ndarray:
+        tmp = tmp_path_factory.mktemp("label")
+        (tmp / "grid.nii.gz").write_bytes(_infer_series(pacs_loop, study.series_uid, {}).content)
+        grid = nib.load(tmp / "grid.nii.gz")
+        label = _truth_on(grid, study, organs)
+        nib.save(nib.Nifti1Image(label, grid.affine), tmp / "final.nii.gz")
+        with open(tmp / "final.nii.gz", "rb") as f:
+            r = requests.put(
+                f"{pacs_loop.server.url}/datastore/label",
+                params={"image": study.series_uid, "tag": "final"},
+                files={"label": ("final.nii.gz", f)},
+                data={"params": json.dumps({"label_info": CLIENT_LABEL_INFO})},
+                timeout=120,
+            )
+        assert r.status_code == 200, f"{r.text[:300]}\n{pacs_loop.server.log_tail()}"
+        return label
+
+    return submit
+
+
+@pytest.fixture(scope="session")
+def require_or_skip() -> Callable[[bool, str], None]:
+    """:func:`require` (skip, or fail under ``KVMONAI_REQUIRE_PACS=1``), for test modules."""
+    return require
