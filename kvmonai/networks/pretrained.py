@@ -796,10 +796,12 @@ def load_pretrained(
     state = read_state(path)
     variant = _attention_variant(network)
     twin = _qkv_twin(network)
+    own = [_shapes(network.state_dict())] + ([_shapes(twin.state_dict())] if twin is not None else [])
+    fmt = source_format or _detect(state, own, _timm_backbone(network) is not None)
+    if fmt == "kvmonai" and _shapes(state) == own[0]:
+        twin = None  # the network's own layout (a KV model for a KV network): no conversion
     into = twin if twin is not None else network
     twin_state = into.state_dict()
-    own = [_shapes(network.state_dict()), _shapes(twin_state)]
-    fmt = source_format or _detect(state, own, _timm_backbone(network) is not None)
     report = LoadReport(str(path), fmt, f"{type(network).__name__} ({variant})")
 
     if fmt == "kvmonai":
