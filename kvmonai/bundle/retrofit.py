@@ -168,23 +168,25 @@ def measure_retrofit(
     if s["attention"] not in ("kv", "kvpos"):
         raise RetrofitError(f"{bundle} is a {s['attention']!r} bundle; the measurement needs a KV bundle.")
     finetune_epochs = finetune_epochs or epochs
-    common = {"val_interval": 1, "mlflow": False, "progress": False, **overrides}
+    common = {**overrides, "val_interval": 1, "mlflow": False, "progress": False}
     timing: dict[str, float] = {}
 
     # the runs from scratch validate after their last epoch only (validation costs more than a tiny epoch)
-    scratch_runs = {**common, "val_interval": epochs}
+    scratch_runs = {**common, "val_interval": epochs, "max_epochs": epochs}
     start = time.perf_counter()
-    qkv = train_bundle(qkv_bundle, out / "qkv", max_epochs=epochs, **scratch_runs)
+    qkv = train_bundle(qkv_bundle, out / "qkv", **scratch_runs)
     timing["qkv"] = time.perf_counter() - start
     start = time.perf_counter()
-    scratch = train_bundle(bundle, out / "kv_scratch", max_epochs=epochs, **scratch_runs)
+    scratch = train_bundle(bundle, out / "kv_scratch", **scratch_runs)
     timing["kv_scratch"] = time.perf_counter() - start
 
     start = time.perf_counter()
     init = out / "retrofit" / "kv_init.pt"
     report = convert_qkv_model(bundle, out / "qkv" / "model.pt", init, overrides)
     epoch0 = _validate(bundle, init, out / "retrofit" / "epoch0", common)
-    tuned = train_bundle(bundle, out / "retrofit", max_epochs=finetune_epochs, pretrained=str(init.resolve()), **common)
+    tuned = train_bundle(
+        bundle, out / "retrofit", **{**common, "max_epochs": finetune_epochs, "pretrained": str(init.resolve())}
+    )
     timing["retrofit"] = time.perf_counter() - start
 
     j_qkv = qkv[-1]["val_jaccard"]

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         report = convert_qkv_model(args.bundle, args.weights, init, overrides)
         print(report.summary())
         print(f"wrote {init}; fine-tuning {args.bundle.name} for {args.epochs} epochs into {out}")
-        metrics = train_bundle(args.bundle, out, max_epochs=args.epochs, pretrained=str(init), **overrides)
+        metrics = train_bundle(args.bundle, out, **{**overrides, "max_epochs": args.epochs, "pretrained": str(init)})
     except (RetrofitError, PretrainedError) as e:
         print(f"kvmonai retrofit: error: {e}", file=sys.stderr)
         return 2
