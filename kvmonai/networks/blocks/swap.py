@@ -1,4 +1,9 @@
-"""Swap the self-attention of an existing module tree (e.g. a MONAI ``ViT`` or ``UNETR``) for a given variant."""
+"""Swap the self-attention of an existing module tree (a MONAI ``ViT`` or ``UNETR``, a timm model) for a given variant.
+
+MONAI's ``SABlock`` and Swin ``WindowAttention`` are converted here; timm's attention classes by
+:mod:`kvmonai.networks.blocks.timm_attention`. :func:`swap_attention` finds all of them in a tree, refuses (or, on
+request, skips) attention it cannot convert, and checks everything before it replaces anything.
+"""
 
 from __future__ import annotations
 

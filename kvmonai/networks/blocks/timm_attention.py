@@ -383,10 +383,10 @@ class TimmKVAttention(nn.Module):
         self.scale = self.head_dim**-0.5
         self.kv = nn.Linear(dim, 2 * self.kv_dim, bias=qkv_bias and not value_bias_only)
         self.v_bias = nn.Parameter(torch.zeros(self.kv_dim)) if value_bias_only else None
-        self.k_norm: nn.Module = nn.Identity()
+        self.k_norm = nn.Identity()
         self.attn_drop = nn.Dropout(attn_drop)
-        self.norm: nn.Module = nn.Identity()
-        self.gate: Optional[nn.Module] = None  # noqa: UP045
+        self.norm = nn.Identity()
+        self.gate = None
         self.proj = nn.Linear(self.attn_dim, dim_out or dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)
         self.pos_proj = KVPositionCorrection(pos_channels) if attention == "kvpos" else None
@@ -558,8 +558,8 @@ class TimmKVEfficientAttention(nn.Module):
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj_drop = nn.Dropout(proj_drop)
         self.sr_ratio = sr_ratio
-        self.sr: Optional[nn.Module] = None  # noqa: UP045
-        self.norm: Optional[nn.Module] = None  # noqa: UP045
+        self.sr = None
+        self.norm = None
         if sr_ratio > 1:
             self.sr = nn.AvgPool1d(kernel_size=sr_ratio**2, stride=sr_ratio**2)
             self.norm = norm_layer(dim)

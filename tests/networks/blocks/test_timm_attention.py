@@ -302,6 +302,22 @@ def test_fused_attention_keeps_kv_rows_exactly():
     assert isinstance(slot, KeyAsQuery) and torch.equal(slot.kv.weight, swin.qkv.weight[DIM:])
 
 
+@pytest.mark.parametrize(
+    "factory",
+    [lambda: swin1.WindowAttention(DIM, 2, window_size=3), lambda: swin2.WindowAttention(DIM, (3, 3), 2)],
+    ids=["swin_v1", "swin_v2"],
+)
+@pytest.mark.filterwarnings("ignore:torch.searchsorted", "ignore:Using a non-tuple sequence")  # inside timm's resize
+def test_window_resize_still_works_after_conversion(factory):
+    """timm's own forward and set_window_size are kept: resizing the converted module matches the reference."""
+    block = _randomise(factory())
+    ref, kv = _ref_fused(block), convert_timm_attention(block, "kv")
+    ref.set_window_size((2, 2))
+    kv.set_window_size((2, 2))
+    x = torch.randn(2, 4, DIM).double()
+    torch.testing.assert_close(kv(x), ref(x), rtol=1e-9, atol=1e-9)
+
+
 def test_macs_drop_by_the_query_projection():
     n = 6
     block = timm.layers.Attention(DIM, 2, qkv_bias=True).eval()
