@@ -93,7 +93,8 @@ class Architecture:
             ``False`` for networks offered beside them (the timm backbones), which the study, benchmark and
             complexity commands take by name (``--archs``, ``--pairs``) and which have bundles all the same.
         presets_attr: the name of the preset dict in the network's module.
-        requires: distributions beyond kvmonai's own dependencies that the network (and its bundle) needs.
+        requires: distributions beyond kvmonai's own dependencies that the network needs, with the version its
+            bundles pin (``required_packages_version``; the pin of ``constraints/cpu.txt``).
     """
 
     name: str
@@ -108,7 +109,7 @@ class Architecture:
     img_sizes: Mapping[str, int] = field(default_factory=dict)
     default_study: bool = True
     presets_attr: str = "PRESETS"
-    requires: tuple[str, ...] = ()
+    requires: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for attention in self.attentions:
@@ -141,6 +142,7 @@ class Architecture:
 
 _TRANSFORMER_ATTENTIONS = ("qkv", "kv", "kvpos")
 _TIMM_SEGMENTER = "kvmonai.networks.nets.timm_seg:TimmSegmenter"
+_TIMM = MappingProxyType({"timm": "1.0.31"})  # the pin of constraints/cpu.txt (a test compares them)
 
 #: name -> record, in report order: the five transformers the study compares, the reference networks, then the timm
 #: backbones offered beside the study (``default_study=False``)
@@ -211,8 +213,8 @@ ARCHITECTURE_REGISTRY: Mapping[str, Architecture] = MappingProxyType(
                 "crossvit",
                 _TIMM_SEGMENTER,
                 ("qkv", "kv"),
-                title="CrossViT-15 (timm, two branches with patches 8 and 16) with a U-Net decoder",
-                short="a dual-branch multi-scale vision transformer (timm backbone)",
+                title="CrossViT-15 encoder (timm; branches of patch 8 and 16) and U-Net decoder",
+                short="a dual-branch multi-scale vision transformer from timm",
                 reference="Chen C-F, Fan Q, Panda R. CrossViT: Cross-Attention Multi-Scale Vision Transformer for "
                 "Image Classification. ICCV 2021. arXiv:2103.14899",
                 attention_note="Its branches are fused by cross-attention (the query is the other branch's class "
@@ -220,14 +222,14 @@ ARCHITECTURE_REGISTRY: Mapping[str, Architecture] = MappingProxyType(
                 "where every attention is global self-attention.",
                 default_study=False,
                 presets_attr="CROSSVIT_PRESETS",
-                requires=("timm",),
+                requires=_TIMM,
             ),
             Architecture(
                 "swin",
                 _TIMM_SEGMENTER,
                 ("qkv", "kv"),
-                title="Swin-T (timm, shifted windows) with a U-Net decoder",
-                short="a hierarchical shifted-window transformer (timm backbone)",
+                title="Swin-T encoder (timm; shifted windows) and U-Net decoder",
+                short="a hierarchical shifted-window transformer from timm",
                 reference="Liu Z et al. Swin Transformer: Hierarchical Vision Transformer using Shifted Windows. "
                 "ICCV 2021. arXiv:2103.14030",
                 attention_note="Its relative position bias is kept in both; KV+Pos's 1D token-index encoding does not "
@@ -235,21 +237,21 @@ ARCHITECTURE_REGISTRY: Mapping[str, Architecture] = MappingProxyType(
                 channels_last=False,
                 default_study=False,
                 presets_attr="SWIN_PRESETS",
-                requires=("timm",),
+                requires=_TIMM,
             ),
             Architecture(
                 "nextvit",
                 _TIMM_SEGMENTER,
                 ("qkv", "kv"),
-                title="Next-ViT-S (timm, convolution and E-MHSA blocks) with a U-Net decoder",
-                short="a hierarchical hybrid CNN-transformer (timm backbone)",
+                title="Next-ViT-S encoder (timm; convolution and E-MHSA blocks) and U-Net decoder",
+                short="a hierarchical hybrid CNN-transformer from timm",
                 reference="Li J et al. Next-ViT: Next Generation Vision Transformer for Efficient Deployment in "
                 "Realistic Industrial Scenarios. arXiv:2207.05501, 2022",
                 attention_note="Its E-MHSA attends from every token to spatially pooled keys, so there is no one "
                 "token grid for KV+Pos's index encoding.",
                 default_study=False,
                 presets_attr="NEXTVIT_PRESETS",
-                requires=("timm",),
+                requires=_TIMM,
             ),
         )
     }
