@@ -648,9 +648,26 @@ def _qkv_twin(network: nn.Module) -> nn.Module | None:
         return None
     from kvmonai.networks.blocks import swap_attention
 
+    args = getattr(network, "init_args", None)
+    if _timm_backbone(network) is not None and isinstance(args, Mapping):
+        # timm's attention conversion does not go back from KV: the twin is built again, with QKV attention
+        return type(network)(**{**args, "attention": "qkv"})
     twin = copy.deepcopy(network)
     swap_attention(twin, "qkv")
     return twin
+
+
+def _swap_back(twin: nn.Module, network: nn.Module, variant: str) -> None:
+    """Convert the loaded QKV twin to ``variant`` (K, V and output kept, Q dropped) and copy it into ``network``."""
+    from kvmonai.networks.blocks import swap_attention
+
+    args = getattr(network, "init_args", None)
+    if _timm_backbone(network) is not None and isinstance(args, Mapping):
+        skip = args.get("skip_unsupported", True)
+        swap_attention(twin.backbone, variant, pos_channels=args.get("pos_channels", 50), skip_unsupported=skip)
+    else:
+        swap_attention(twin, variant)
+    network.load_state_dict(twin.state_dict())
 
 
 def _resample_pos(grid_tokens: torch.Tensor, new: tuple[int, int], key: str) -> torch.Tensor:
@@ -842,10 +859,11 @@ def load_pretrained(
     report.missing = sorted(k for k in encoder if k not in mapped)
     report.encoder_fraction = sum(params[k].numel() for k in report.loaded if k in encoder) / total
     if twin is not None:
+        kept = set(network.state_dict())
+        fused = [k for k in mapped if re.search(r"\.qkv\.(weight|bias)$", k)]
         report.dropped = sorted(
-            f"{origin.get(k, k)} (query rows 0:{mapped[k].shape[0] // 3})"
-            for k in mapped
-            if re.search(r"\.qkv\.(weight|bias)$", k)
+            [f"{origin.get(k, k)} (query rows 0:{mapped[k].shape[0] // 3})" for k in fused]
+            + [f"{origin.get(k, k)} (query)" for k in mapped if k not in kept and k not in fused]
         )
         report.loaded = [re.sub(r"\.qkv\.(weight|bias)$", r".kv.\1", k) for k in report.loaded]
     if strict and (report.missing or report.unexpected):
@@ -865,8 +883,5 @@ def load_pretrained(
         for key, value in mapped.items():
             own[key].copy_(value.to(own[key].dtype))
     if twin is not None:
-        from kvmonai.networks.blocks import swap_attention
-
-        swap_attention(twin, variant)  # keeps K, V and the output projection; Q is dropped
-        network.load_state_dict(twin.state_dict())
+        _swap_back(twin, network, variant)
     return report

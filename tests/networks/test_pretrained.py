@@ -292,3 +292,23 @@ def test_errors_name_the_file_and_keys(tmp_path):
         load_pretrained(net, tmp_path / "swin.pt")
     with pytest.raises(PretrainedError, match="no pretrained-weights mapping for CvTUNet"):
         load_pretrained(create("cvt", "qkv", "tiny", img_size=64), tmp_path / "short.pth")
+
+
+def test_timm_swin_state_dict_into_kv_timm_backbone(tmp_path):
+    """A timm Swin state dict in a KV timm-backbone segmenter: K, V rows and proj equal the file's, Q dropped."""
+    src = create("swin", "qkv", "tiny").backbone.state_dict()
+    torch.save(src, tmp_path / "swin.pth")
+    net = create("swin", "kv", "tiny")
+    report = load_pretrained(net, tmp_path / "swin.pth")
+    assert report.source_format == "timm" and not report.missing and report.encoder_fraction == 1.0
+    state = net.state_dict()
+    for key, qkv in src.items():
+        if key.endswith("attn.qkv.weight"):
+            dim = qkv.shape[1]
+            kv = next(
+                v for k, v in state.items() if k.startswith("backbone." + key[: -len("qkv.weight")]) and "kv" in k
+            )
+            assert torch.equal(kv, qkv[dim:]), key
+            proj = key.replace("qkv.weight", "proj.weight")
+            assert torch.equal(state["backbone." + proj], src[proj])
+    assert len(report.dropped) == 2 * sum(k.endswith("attn.qkv.weight") for k in src)

@@ -230,6 +230,13 @@ class TimmSegmenter(nn.Module):
         self.model_name = model_name
         self.attention = attention
         self.img_size = sizes
+        # the constructor arguments, so that pretrained-weight loading can build the QKV twin (timm's conversion
+        # does not go back from KV to QKV)
+        self.init_args = {
+            "in_channels": in_channels, "out_channels": out_channels, "img_size": sizes, "attention": attention,
+            "model_name": model_name, "decoder_width": decoder_width, "backbone_kwargs": dict(backbone_kwargs or {}),
+            "out_indices": out_indices, "skip_unsupported": skip_unsupported, "pos_channels": pos_channels,
+        }  # fmt: skip
         kwargs = {"pretrained": False, "in_chans": in_channels, **dict(backbone_kwargs or {})}
         kwargs, info = self._probe(timm, model_name, kwargs, sizes)
         indices = list(out_indices) if out_indices is not None else self._default_indices(model_name, info)
