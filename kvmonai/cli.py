@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "pacs": ("kvmonai.label.pacs_cli", "a local Orthanc PACS with DICOMweb: start, stop, status, load MR series"),
     "quantize": ("kvmonai.inference.quantize_cli", "int8 post-training quantisation of an inference bundle (OpenVINO)"),
+    "retrofit": (
+        "kvmonai.bundle.retrofit_cli",
+        "start a KV bundle from a trained QKV model of the same architecture and fine-tune it",
+    ),
     "benchmark": (
         "kvmonai.benchmark.cli",
         "speed and memory of every pair vs its QKV twin, attention scaling, whole case",

@@ -1,11 +1,14 @@
 #!/usr/bin/env python
-"""Write the 14 MONAI bundles under bundles/ from the template in kvmonai/bundle/template.
+"""Write the MONAI bundles under bundles/ from the template in kvmonai/bundle/template: the 14 pairs of the five
+transformers, the CNN reference (unet_cnn) and the pairs of the timm backbones (crossvit, swin, nextvit).
 
 Usage: python scripts/make_bundles.py [--check]
 
 --check only reports differences (exit status 1 when a bundle differs from what the generator makes).
 The README's Performance section reads docs/measured/complexity_paper.csv (written by
-`kvmonai complexity --preset paper --format csv --out docs/measured/complexity_paper.csv`) and
+`kvmonai complexity --preset paper --format csv --out docs/measured/complexity_paper.csv`), for the timm backbones
+docs/measured/complexity_paper_timm.csv (`kvmonai complexity --preset paper --archs crossvit swin nextvit --format csv
+--out docs/measured/complexity_paper_timm.csv`) and
 docs/measured/study_synthetic_small.csv (results.csv of the `./scripts/demo.sh` study).
 """
 

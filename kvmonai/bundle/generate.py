@@ -1,7 +1,8 @@
 """Generate the MONAI bundles ``bundles/<arch>_<attention>/`` from the one template in ``kvmonai/bundle/template``.
 
 Template files are copied with ``${name}`` placeholders filled in (JSON placeholders sit inside strings only, so the
-template stays valid JSON). ``scripts/make_bundles.py`` writes all 14 bundles; :func:`check_bundles` reports every
+template stays valid JSON). ``scripts/make_bundles.py`` writes all bundles (the 14 pairs of the five transformers,
+the CNN reference and the timm backbones' pairs); :func:`check_bundles` reports every
 difference between a bundle folder and what the generator makes (the tests fail on any).
 """
 
@@ -10,16 +11,29 @@ from __future__ import annotations
 import csv
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from kvmonai.utils import write_text_atomic
 
-__all__ = ["TEMPLATE_DIR", "bundle_name", "check_bundles", "recipe_values", "render_bundle", "write_bundles"]
+__all__ = [
+    "COMPLEXITY_TABLES",
+    "TEMPLATE_DIR",
+    "bundle_name",
+    "check_bundles",
+    "recipe_values",
+    "render_bundle",
+    "write_bundles",
+]
 
 TEMPLATE_DIR = Path(__file__).parent / "template"
 _PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
+#: the complexity tables of ``docs/measured`` the bundle READMEs quote, and the commands that write them
+COMPLEXITY_TABLES: dict[str, str] = {
+    "complexity_paper.csv": "kvmonai complexity --preset paper --format csv",
+    "complexity_paper_timm.csv": "kvmonai complexity --preset paper --archs crossvit swin nextvit --format csv",
+}
 #: files of a generated bundle that the generator owns (training outputs such as models/ and runs/ are not)
 _GENERATED_DIRS = ("configs", "docs")
 
@@ -42,14 +56,15 @@ def _fill(text: str, values: dict[str, str], source: Path) -> str:
 def _performance(arch: str, attention: str, measured_dir: Path | None) -> str:
     """Markdown for the Performance section, from measurement files produced by kvmonai commands."""
     parts: list[str] = []
-    table = measured_dir / "complexity_paper.csv" if measured_dir else None
-    if table is not None and table.is_file():
+    for name, command in COMPLEXITY_TABLES.items():
+        table = measured_dir / name if measured_dir else None
+        if table is None or not table.is_file():
+            continue
         with open(table, newline="") as f:
             rows = {(r["arch"], r["attention"]): r for r in csv.DictReader(f)}
         if (arch, attention) in rows:
             lines = [
-                "Complexity at the paper preset (224x224, 3 input channels, 3 classes; batch 1), from "
-                "`kvmonai complexity --preset paper --format csv`:",
+                f"Complexity at the paper preset (224x224, 3 input channels, 3 classes; batch 1), from `{command}`:",
                 "",
                 "| attention | parameters | Δ vs QKV | GMACs | Δ vs QKV |",
                 "| --- | ---: | ---: | ---: | ---: |",
@@ -61,6 +76,7 @@ def _performance(arch: str, attention: str, measured_dir: Path | None) -> str:
                     f"| {int(r['macs']) / 1e9:.3f} | {float(r['macs_change_pct']):+.2f}% |"
                 )
             parts.append("\n".join(lines))
+            break
     study = measured_dir / "study_synthetic_small.csv" if measured_dir else None
     if study is not None and study.is_file():
         with open(study, newline="") as f:
@@ -324,7 +340,7 @@ def render_bundle(arch: str, attention: str, measured_dir: str | os.PathLike | N
     Args:
         arch: architecture name.
         attention: attention variant.
-        measured_dir: folder with measurement files (``complexity_paper.csv``) for the README's Performance section.
+        measured_dir: folder with measurement files (:data:`COMPLEXITY_TABLES`) for the README's Performance section.
 
     Raises:
         ValueError: for an unknown pair.
@@ -346,13 +362,45 @@ def render_bundle(arch: str, attention: str, measured_dir: str | os.PathLike | N
         "attention_description": att.description,
         "performance": _performance(arch, attention, Path(measured_dir) if measured_dir else None),
         "channels_last": "True" if info.channels_last else "False",
+        "requires_note": _requires_note(info.requires),
         **recipe_values(),
     }
     files: dict[str, str] = {}
     for path in sorted(TEMPLATE_DIR.rglob("*")):
         if path.is_file():
             files[path.relative_to(TEMPLATE_DIR).as_posix()] = _fill(path.read_text(), values, path)
+    if info.requires:
+        files["configs/metadata.json"] = _with_packages(files["configs/metadata.json"], info.requires)
     return files
+
+
+def _requires_note(requires: Mapping[str, str]) -> str:
+    """The README sentence on the extra packages a network needs (empty when it needs none)."""
+    if not requires:
+        return ""
+    names = ", ".join(f"{name} {version}" for name, version in requires.items())
+    extras = ",".join(requires)
+    return f" This network also needs {names} (`pip install 'kvmonai[{extras}]'`)."
+
+
+def _with_packages(metadata: str, requires: Mapping[str, str]) -> str:
+    """``metadata.json`` text with ``requires`` added to ``required_packages_version`` after kvmonai's entry.
+
+    The entries are inserted as lines, so the template's layout stays as it is.
+
+    Raises:
+        ValueError: if the template has no ``"kvmonai"`` entry there, or the result is not the expected JSON.
+    """
+    import json
+
+    match = re.search(r'^( *)"kvmonai": "[^"]*",\n', metadata, flags=re.MULTILINE)
+    if match is None:
+        raise ValueError('the metadata.json template needs a "kvmonai" line in required_packages_version.')
+    lines = "".join(f'{match.group(1)}"{name}": "{version}",\n' for name, version in requires.items())
+    text = metadata[: match.end()] + lines + metadata[match.end() :]
+    if {k: json.loads(text)["required_packages_version"].get(k) for k in requires} != dict(requires):
+        raise ValueError("the packages were not added to required_packages_version of metadata.json.")
+    return text
 
 
 def write_bundles(
@@ -369,7 +417,7 @@ def write_bundles(
     from kvmonai.networks import pairs as all_pairs
 
     out = []
-    for arch, attention in pairs or all_pairs(references=True):
+    for arch, attention in pairs or all_pairs(references=True, extra=True):
         folder = Path(root) / bundle_name(arch, attention)
         files = render_bundle(arch, attention, measured_dir)
         for rel, text in files.items():
@@ -389,11 +437,11 @@ def check_bundles(root: str | os.PathLike, measured_dir: str | os.PathLike | Non
     from kvmonai.networks import pairs as all_pairs
 
     problems = []
-    expected_names = {bundle_name(a, t) for a, t in all_pairs(references=True)}
+    expected_names = {bundle_name(a, t) for a, t in all_pairs(references=True, extra=True)}
     present = {p.name for p in Path(root).iterdir() if p.is_dir()} if Path(root).is_dir() else set()
     problems += [f"{name}: bundle folder missing" for name in sorted(expected_names - present)]
     problems += [f"{name}: not a generated bundle" for name in sorted(present - expected_names)]
-    for arch, attention in all_pairs(references=True):
+    for arch, attention in all_pairs(references=True, extra=True):
         folder = Path(root) / bundle_name(arch, attention)
         if not folder.is_dir():
             continue

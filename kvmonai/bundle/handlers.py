@@ -24,6 +24,7 @@ __all__ = [
     "BestModelSaver",
     "EpochCheckpoint",
     "OptimizeForInference",
+    "PretrainedLoader",
     "ResumeFromCheckpoint",
     "RunGuard",
     "RunInUseError",
@@ -238,6 +239,7 @@ RUN_OUTPUTS: tuple[str, ...] = (
     "training_curves.png",
     "eval",
     "result.json",
+    "pretrained_report.txt",
 )
 
 
@@ -602,3 +604,50 @@ class WeightsLoader:
 
         load_weights(getattr(self.network, "module", self.network), self.path)
         logger.info(f"loaded weights from {self.path}")
+
+
+class PretrainedLoader:
+    """Attach to the trainer after :class:`ResumeFromCheckpoint`: load pretrained weights when training starts.
+
+    The weights go through :func:`kvmonai.networks.pretrained.load_pretrained` (formats, mapping, KV twin, report);
+    the report is logged and written to ``report_path``. The bundles disable this handler when a run resumes, so a
+    resumed run continues from its checkpoint and never reloads the pretrained weights over it.
+
+    Args:
+        network: the network (a ``DistributedDataParallel`` wrapper is unwrapped).
+        path: the weights file (the bundle's ``pretrained``).
+        strict: see :func:`~kvmonai.networks.pretrained.load_pretrained`.
+        report_path: where to write the report (``None``: log only).
+        enabled: off on ranks that should not write the report (every rank loads).
+
+    Raises:
+        ValueError: when ``path`` is empty.
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        path: str,
+        strict: bool = True,
+        report_path: str | None = None,
+        enabled: bool = True,
+    ) -> None:
+        if not path:
+            raise ValueError("PretrainedLoader: path is empty; set the bundle's pretrained to a weights file.")
+        self.network = network
+        self.path = str(path)
+        self.strict = as_flag("pretrained_strict", strict)
+        self.report_path = Path(report_path) if report_path else None
+        self.enabled = as_flag("enabled", enabled)
+        self.report: Any = None
+
+    def attach(self, engine: Any) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Any) -> None:
+        from kvmonai.networks.pretrained import load_pretrained
+
+        self.report = load_pretrained(_unwrap(self.network), self.path, strict=self.strict)
+        logger.info(self.report.summary())
+        if self.enabled and self.report_path is not None:
+            write_text_atomic(self.report_path, self.report.summary() + "\n")

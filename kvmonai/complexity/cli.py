@@ -11,11 +11,13 @@ __all__ = ["add_arguments", "run"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``kvmonai complexity``."""
-    from kvmonai.networks import ARCHITECTURES, PRESETS
+    from kvmonai.networks import ARCHITECTURES, EXTRA_ARCHITECTURES, PRESETS
 
     parser.add_argument("--preset", default="paper", choices=PRESETS, help="network sizes (default: paper)")
     parser.add_argument("--format", default="md", choices=("md", "csv"), help="output format (default: md)")
-    parser.add_argument("--archs", nargs="+", choices=ARCHITECTURES, help="architectures (default: all five)")
+    parser.add_argument("--archs", nargs="+", choices=ARCHITECTURES + EXTRA_ARCHITECTURES,
+                        help="architectures (default: the five of the study; the timm backbones crossvit, swin and "
+                        "nextvit by name)")  # fmt: skip
     parser.add_argument("--img-size", type=int, help="square input side (default: 224 paper, 128 small, 64 tiny)")
     parser.add_argument("--in-channels", type=int, default=3, help="input channels (default: 3)")
     parser.add_argument("--out-channels", type=int, default=3, help="output classes (default: 3)")

@@ -16,9 +16,11 @@ from kvmonai.utils import check_option
 
 __all__ = [
     "ARCHITECTURES",
+    "EXTRA_ARCHITECTURES",
     "PRESETS",
     "PRESET_IMG_SIZE",
     "REFERENCES",
+    "TIMM_PREFIX",
     "attentions_for",
     "create",
     "init_output_bias",
@@ -27,9 +29,18 @@ __all__ = [
 ]
 
 #: the transformer architectures the study compares (KV vs QKV), in report order
-ARCHITECTURES: tuple[str, ...] = tuple(a.name for a in ARCHITECTURE_REGISTRY.values() if not a.reference_network)
+ARCHITECTURES: tuple[str, ...] = tuple(
+    a.name for a in ARCHITECTURE_REGISTRY.values() if not a.reference_network and a.default_study
+)
 #: reference networks without attention, reported in their own rows (the CNN reference: ``unet`` / ``"cnn"``)
 REFERENCES: tuple[str, ...] = tuple(a.name for a in ARCHITECTURE_REGISTRY.values() if a.reference_network)
+#: registered transformers outside the default study (the timm backbones ``crossvit``, ``swin``, ``nextvit``): the
+#: study, benchmark and complexity commands take them by name, and they have bundles
+EXTRA_ARCHITECTURES: tuple[str, ...] = tuple(
+    a.name for a in ARCHITECTURE_REGISTRY.values() if not a.reference_network and not a.default_study
+)
+#: ``create(TIMM_PREFIX + "<timm model name>")`` builds any timm backbone as a segmenter
+TIMM_PREFIX = "timm:"
 
 
 def network_class(arch: str) -> type[nn.Module]:
@@ -50,14 +61,18 @@ def attentions_for(arch: str) -> tuple[str, ...]:
     return lookup(arch).attentions
 
 
-def pairs(archs: Sequence[str] | None = None, references: bool = False) -> list[tuple[str, str]]:
+def pairs(archs: Sequence[str] | None = None, references: bool = False, extra: bool = False) -> list[tuple[str, str]]:
     """All (architecture, attention) pairs in a stable order: 14 for the five architectures.
 
     Args:
         archs: architectures (default: the five transformers).
         references: append the reference networks (``("unet", "cnn")``), e.g. for the bundles.
+        extra: with the default ``archs``, append the architectures outside the default study
+            (:data:`EXTRA_ARCHITECTURES`, after the references): every registered pair, as the bundles need.
     """
-    names = list(archs or ARCHITECTURES) + (list(REFERENCES) if references and archs is None else [])
+    default = archs is None
+    names = list(archs or ARCHITECTURES) + (list(REFERENCES) if references and default else [])
+    names += list(EXTRA_ARCHITECTURES) if extra and default else []
     return [(a, att) for a in names for att in attentions_for(a)]
 
 
@@ -74,7 +89,10 @@ def create(
     """Build a segmentation network mapping ``(B, in_channels, H, W)`` to ``(B, out_channels, H, W)`` logits.
 
     Args:
-        arch: ``"setr"``, ``"transunet"``, ``"cvt"``, ``"unetr"``, ``"swin_unetr"``, or the CNN reference ``"unet"``.
+        arch: ``"setr"``, ``"transunet"``, ``"cvt"``, ``"unetr"``, ``"swin_unetr"``, the CNN reference ``"unet"``,
+            the timm backbones ``"crossvit"``, ``"swin"``, ``"nextvit"``, or ``"timm:<model name>"`` for any timm
+            model (:class:`~kvmonai.networks.nets.timm_seg.TimmSegmenter`; its presets only set the decoder width,
+            ``overrides`` reach the class, e.g. ``backbone_kwargs={"depth": 6}``).
         attention: ``"qkv"``, ``"kv"`` or ``"kvpos"`` (SwinUNETR: ``"qkv"``, ``"kv"``; the CNN reference: ``"cnn"``).
         preset: ``"paper"`` (reference sizes at 224x224), ``"small"`` (2-core CPU training at 128x128) or
             ``"tiny"`` (tests); the sizes are in each network module's ``PRESETS``.
@@ -88,6 +106,19 @@ def create(
     Raises:
         ValueError: for an unknown ``arch``, ``attention`` or ``preset`` (and the networks' own argument checks).
     """
+    if arch.startswith(TIMM_PREFIX):
+        from kvmonai.networks.nets import timm_seg
+
+        check_option("preset", preset, PRESETS)
+        net: nn.Module = timm_seg.TimmSegmenter(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            img_size=img_size,
+            attention=attention,
+            model_name=arch[len(TIMM_PREFIX) :],
+            **{**timm_seg.PRESETS[preset], **overrides},
+        )
+        return init_output_bias(net, output_prior, out_channels)
     record = lookup(arch)
     record.check_attention(attention)
     check_option("preset", preset, PRESETS)

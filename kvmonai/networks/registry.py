@@ -2,7 +2,8 @@
 
 Adding an architecture is one :class:`Architecture` entry in :data:`ARCHITECTURE_REGISTRY` plus its module in
 ``kvmonai/networks/nets/`` (a class taking ``in_channels``, ``out_channels``, ``img_size`` and ``attention``, and a
-``PRESETS`` dict of constructor arguments for ``"paper"``, ``"small"`` and ``"tiny"``). The factory
+``PRESETS`` dict of constructor arguments for ``"paper"``, ``"small"`` and ``"tiny"``; several architectures may
+share one module, each naming its own dict with ``presets_attr``). The factory
 (:func:`kvmonai.networks.create`), the study, the benchmarks and the bundle generator (titles, references,
 channels-last default) read everything they need about a network from here.
 """
@@ -88,6 +89,12 @@ class Architecture:
         attention_note: why an attention is missing, appended to the error for one it does not offer.
         channels_last: the bundles' inference default for ``channels_last`` memory format.
         img_sizes: input size per preset, where it differs from :data:`PRESET_IMG_SIZE`.
+        default_study: one of the transformers the default study compares (``kvmonai.networks.ARCHITECTURES``).
+            ``False`` for networks offered beside them (the timm backbones), which the study, benchmark and
+            complexity commands take by name (``--archs``, ``--pairs``) and which have bundles all the same.
+        presets_attr: the name of the preset dict in the network's module.
+        requires: distributions beyond kvmonai's own dependencies that the network needs, with the version its
+            bundles pin (``required_packages_version``; the pin of ``constraints/cpu.txt``).
     """
 
     name: str
@@ -100,6 +107,9 @@ class Architecture:
     attention_note: str = ""
     channels_last: bool = True
     img_sizes: Mapping[str, int] = field(default_factory=dict)
+    default_study: bool = True
+    presets_attr: str = "PRESETS"
+    requires: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for attention in self.attentions:
@@ -113,8 +123,8 @@ class Architecture:
 
     @property
     def presets(self) -> Mapping[str, Mapping[str, Any]]:
-        """Constructor arguments of each preset: the ``PRESETS`` dict of the network's module."""
-        return importlib.import_module(self.target.split(":")[0]).PRESETS
+        """Constructor arguments of each preset: the ``presets_attr`` dict (``PRESETS``) of the network's module."""
+        return getattr(importlib.import_module(self.target.split(":")[0]), self.presets_attr)
 
     def img_size(self, preset: str) -> int:
         """The input size ``preset`` is designed for."""
@@ -131,8 +141,11 @@ class Architecture:
 
 
 _TRANSFORMER_ATTENTIONS = ("qkv", "kv", "kvpos")
+_TIMM_SEGMENTER = "kvmonai.networks.nets.timm_seg:TimmSegmenter"
+_TIMM = MappingProxyType({"timm": "1.0.31"})  # the pin of constraints/cpu.txt (a test compares them)
 
-#: name -> record, in report order: the five transformers the study compares, then the reference networks
+#: name -> record, in report order: the five transformers the study compares, the reference networks, then the timm
+#: backbones offered beside the study (``default_study=False``)
 ARCHITECTURE_REGISTRY: Mapping[str, Architecture] = MappingProxyType(
     {
         a.name: a
@@ -195,6 +208,50 @@ ARCHITECTURE_REGISTRY: Mapping[str, Architecture] = MappingProxyType(
                 reference="Ronneberger O et al. U-Net: Convolutional Networks for Biomedical Image Segmentation. "
                 "MICCAI 2015. arXiv:1505.04597",
                 reference_network=True,
+            ),
+            Architecture(
+                "crossvit",
+                _TIMM_SEGMENTER,
+                ("qkv", "kv"),
+                title="CrossViT-15 encoder (timm; branches of patch 8 and 16) and U-Net decoder",
+                short="a dual-branch multi-scale vision transformer from timm",
+                reference="Chen C-F, Fan Q, Panda R. CrossViT: Cross-Attention Multi-Scale Vision Transformer for "
+                "Image Classification. ICCV 2021. arXiv:2103.14899",
+                attention_note="Its branches are fused by cross-attention (the query is the other branch's class "
+                "token), which KV cannot replace and which stays QKV in every variant; KV+Pos is offered only "
+                "where every attention is global self-attention.",
+                default_study=False,
+                presets_attr="CROSSVIT_PRESETS",
+                requires=_TIMM,
+            ),
+            Architecture(
+                "swin",
+                _TIMM_SEGMENTER,
+                ("qkv", "kv"),
+                title="Swin-T encoder (timm; shifted windows) and U-Net decoder",
+                short="a hierarchical shifted-window transformer from timm",
+                reference="Liu Z et al. Swin Transformer: Hierarchical Vision Transformer using Shifted Windows. "
+                "ICCV 2021. arXiv:2103.14030",
+                attention_note="Its relative position bias is kept in both; KV+Pos's 1D token-index encoding does not "
+                "apply to shifted windows.",
+                channels_last=False,
+                default_study=False,
+                presets_attr="SWIN_PRESETS",
+                requires=_TIMM,
+            ),
+            Architecture(
+                "nextvit",
+                _TIMM_SEGMENTER,
+                ("qkv", "kv"),
+                title="Next-ViT-S encoder (timm; convolution and E-MHSA blocks) and U-Net decoder",
+                short="a hierarchical hybrid CNN-transformer from timm",
+                reference="Li J et al. Next-ViT: Next Generation Vision Transformer for Efficient Deployment in "
+                "Realistic Industrial Scenarios. arXiv:2207.05501, 2022",
+                attention_note="Its E-MHSA attends from every token to spatially pooled keys, so there is no one "
+                "token grid for KV+Pos's index encoding.",
+                default_study=False,
+                presets_attr="NEXTVIT_PRESETS",
+                requires=_TIMM,
             ),
         )
     }

@@ -21,11 +21,13 @@ def _pair_list(text: str) -> list[tuple[str, str]]:
     if text == "all":
         return pairs()
     out = []
+    known = {a for a, _ in pairs(extra=True)}
     for item in text.split(","):
         arch, _, attention = item.strip().rpartition("_")
-        if not arch or arch not in {a for a, _ in pairs()} or attention not in attentions_for(arch):
+        if not arch or arch not in known or attention not in attentions_for(arch):
             raise argparse.ArgumentTypeError(
-                f"unknown pair {item!r}; use arch_attention names such as setr_kv, swin_unetr_qkv, or 'all'."
+                f"unknown pair {item!r}; use arch_attention names such as setr_kv, swin_unetr_qkv, swin_kv (the timm "
+                "backbones crossvit, swin, nextvit), or 'all' (the 14 pairs of the five transformers)."
             )
         out.append((arch, attention))
     return out
@@ -39,7 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "by `kvmonai prepare`; default: a synthetic set written to data/synthetic")  # fmt: skip
     parser.add_argument("--name", default=None, help="study name; results go to results/<name> (default: from data)")
     parser.add_argument("--out", type=Path, help="result folder (default: results/<name>)")
-    parser.add_argument("--pairs", type=_pair_list, default="all", help="comma-separated pairs, e.g. setr_qkv,setr_kv")
+    parser.add_argument(
+        "--pairs",
+        type=_pair_list,
+        default="all",
+        help="comma-separated pairs, e.g. setr_qkv,setr_kv "
+        "or swin_qkv,swin_kv (default: all, the 14 pairs of the five transformers)",
+    )
     parser.add_argument("--preset", default="small", choices=PRESETS, help="network sizes (default: small)")
     parser.add_argument(
         "--img-size", type=bounded_int("--img-size", 16, multiple_of=16),

@@ -172,3 +172,16 @@ def test_configs_must_agree_on_what_the_network_sees(tmp_path):
     (tmp_path / "train.json").write_text(json.dumps(train))
     with pytest.raises(ValueError, match="RandAffined#prob is '\\$0.5'; the bundle README quotes it"):
         recipe_values(tmp_path / "train.json")
+
+
+def test_timm_bundles_pin_timm_as_the_constraints_do():
+    """A bundle of a timm backbone lists timm (at constraints/cpu.txt's pin) and says how to install it; others not."""
+    import re
+
+    pin = re.search(r"^timm==(\S+)$", (REPO / "constraints" / "cpu.txt").read_text(), flags=re.MULTILINE).group(1)
+    files = render_bundle("swin", "kv")
+    assert json.loads(files["configs/metadata.json"])["required_packages_version"]["timm"] == pin
+    assert f"also needs timm {pin} (`pip install 'kvmonai[timm]'`)" in files["docs/README.md"]
+    other = render_bundle("setr", "kv")
+    assert "timm" not in json.loads(other["configs/metadata.json"])["required_packages_version"]
+    assert "also needs" not in other["docs/README.md"]

@@ -14,7 +14,7 @@ SIZE = 64
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("arch", "attention"), pairs(references=True))
+@pytest.mark.parametrize(("arch", "attention"), [*pairs(references=True), ("swin", "kv")])  # one timm bundle (CI)
 def test_onnx_export_of_every_bundle(arch, attention, copy_bundle, tmp_path):
     from monai.bundle import onnx_export
 

@@ -9,6 +9,7 @@ from kvmonai.networks import (
     ARCHITECTURE_REGISTRY,
     ARCHITECTURES,
     ATTENTIONS,
+    EXTRA_ARCHITECTURES,
     PRESET_IMG_SIZE,
     PRESETS,
     REFERENCES,
@@ -25,8 +26,11 @@ from kvmonai.utils import check_option
 def test_lists_derive_from_the_registry():
     assert ARCHITECTURES == ("setr", "transunet", "cvt", "unetr", "swin_unetr")
     assert REFERENCES == ("unet",)
-    assert set(ARCHITECTURE_REGISTRY) == set(ARCHITECTURES) | set(REFERENCES)
+    assert EXTRA_ARCHITECTURES == ("crossvit", "swin", "nextvit")  # timm backbones, outside the default study
+    assert set(ARCHITECTURE_REGISTRY) == set(ARCHITECTURES) | set(REFERENCES) | set(EXTRA_ARCHITECTURES)
     assert len(pairs()) == 14 and len(pairs(references=True)) == 15
+    assert pairs(references=True, extra=True) == [*pairs(references=True), *pairs(EXTRA_ARCHITECTURES)]
+    assert len(pairs(EXTRA_ARCHITECTURES)) == 6
     for name, record in ARCHITECTURE_REGISTRY.items():
         assert record.name == name
         assert attentions_for(name) == record.attentions

@@ -1,0 +1,95 @@
+"""``kvmonai retrofit --weights QKV_MODEL --bundle ARCH_kv``: start a KV bundle from a trained QKV model, fine-tune.
+
+With ``--measure`` (no ``--weights``) it trains QKV and KV from scratch for ``--epochs`` each, retrofits the QKV
+model, fine-tunes it for ``--finetune-epochs`` and reports how many epochs the retrofitted KV needs to come within
+``--tolerance`` Jaccard of QKV (:func:`kvmonai.bundle.retrofit.measure_retrofit`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from kvmonai.utils import add_override_argument, bounded_int
+
+__all__ = ["add_arguments", "run"]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _bundle(text: str) -> Path:
+    path = Path(text)
+    if not path.is_dir() and (REPO / "bundles" / text).is_dir():
+        path = REPO / "bundles" / text
+    if not (path / "configs" / "train.json").is_file():
+        raise argparse.ArgumentTypeError(f"{text} is neither a bundle folder nor a bundle name under bundles/.")
+    return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``kvmonai retrofit``."""
+    parser.add_argument("--bundle", type=_bundle, required=True, help="the KV bundle: a name (setr_kv) or a folder")
+    parser.add_argument("--weights", type=Path, help="models/model.pt of the same architecture's QKV bundle")
+    parser.add_argument("--data", type=Path, help="datalist.json (default: the bundle's)")
+    parser.add_argument(
+        "--epochs",
+        type=bounded_int("--epochs"),
+        default=10,
+        help="fine-tuning epochs; with --measure, the epochs of each run from scratch (default: 10)",
+    )
+    parser.add_argument(
+        "--finetune-epochs",
+        type=bounded_int("--finetune-epochs"),
+        help="with --measure: fine-tuning epochs of the retrofitted model (default: --epochs)",
+    )
+    parser.add_argument(
+        "--measure",
+        action="store_true",
+        help="QKV vs KV from scratch vs KV retrofitted, same data and epochs; epochs to the target",
+    )
+    parser.add_argument("--tolerance", type=float, default=0.01, help="Jaccard gap to QKV that counts (default 0.01)")
+    parser.add_argument("--out", type=Path, help="run folder (default: results/retrofit_<bundle>)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    add_override_argument(parser, "bundle setting for every run, repeatable (e.g. --set preset=tiny --set img_size=64)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Convert and fine-tune (or measure); returns 0, or 2 for weights or a bundle that do not fit."""
+    import torch
+
+    from kvmonai.bundle.retrofit import RetrofitError, convert_qkv_model, measure_retrofit, train_bundle
+    from kvmonai.networks.pretrained import PretrainedError
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    overrides = dict(args.overrides)
+    if args.data is not None:
+        overrides["datalist"] = str(args.data.resolve())
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    overrides.setdefault("device", f"$torch.device('{device}')")
+    out = (args.out or REPO / "results" / f"retrofit_{args.bundle.name}").resolve()
+    try:
+        if args.measure:
+            if args.weights is not None:
+                raise RetrofitError("--measure trains its own QKV model; leave out --weights.")
+            result = measure_retrofit(
+                args.bundle, out, args.epochs, args.finetune_epochs, tolerance=args.tolerance, **overrides
+            )
+            print((out / "retrofit.md").read_text())
+            print(json.dumps({k: result[k] for k in ("qkv_jaccard", "retrofit_jaccard", "epochs_to_target")}))
+            return 0
+        if args.weights is None:
+            raise RetrofitError("--weights (the QKV model) is required without --measure.")
+        init = out / "kv_init.pt"
+        report = convert_qkv_model(args.bundle, args.weights, init, overrides)
+        print(report.summary())
+        print(f"wrote {init}; fine-tuning {args.bundle.name} for {args.epochs} epochs into {out}")
+        metrics = train_bundle(args.bundle, out, **{**overrides, "max_epochs": args.epochs, "pretrained": str(init)})
+    except (RetrofitError, PretrainedError) as e:
+        print(f"kvmonai retrofit: error: {e}", file=sys.stderr)
+        return 2
+    if metrics:
+        print(f"best validation Jaccard {max(m['val_jaccard'] for m in metrics):.4f}; weights {out / 'model.pt'}")
+    return 0
