@@ -170,9 +170,9 @@ class TimmSegmenter(nn.Module):
     :func:`~kvmonai.networks.blocks.swap_attention`, keeping their K, V and output weights; ``"qkv"`` leaves timm's
     (QKV) attention as it is, so a backbone without attention (a CNN) takes only ``"qkv"``. With
     ``skip_unsupported`` the layers it cannot convert (CrossViT's cross-attention, whose query is the class token of
-    the other branch) stay timm's;
-    ``self.kept_attention`` lists those (``{path: reason}``). A dry run at ``img_size`` (batch 1, eval mode, no
-    gradient) checks that the backbone takes that size and gives the feature shapes.
+    the other branch) stay timm's; ``self.kept_attention`` lists those (``{path: reason}``). A dry run at
+    ``img_size`` (batch 1, eval mode, no gradient) checks that the backbone takes that size and gives the feature
+    shapes.
 
     Based on: Wightman, "PyTorch Image Models" (timm); Ronneberger et al., "U-Net", MICCAI 2015
     (arXiv:1505.04597); Borji, "Key-Value Transformer", arXiv:2305.19129.
@@ -243,14 +243,6 @@ class TimmSegmenter(nn.Module):
         self.backbone, self.intermediates = self._build(timm, model_name, kwargs, indices)
         self.out_indices = tuple(indices)
         self.nhwc = str(getattr(self.backbone, "output_fmt", "NCHW")).upper().endswith("NHWC")
-
-        shapes = self._dry_run(in_channels, sizes)
-        order = sorted(range(len(shapes)), key=lambda i: (-shapes[i][1] * shapes[i][2], i))
-        reductions = [math.sqrt(sizes[0] * sizes[1] / (shapes[i][1] * shapes[i][2])) for i in order]
-        self.order = tuple(order)
-        self.strides = feature_strides(reductions)
-        self.feature_channels = tuple(shapes[i][0] for i in order)
-
         self.kept_attention = unsupported_attention(self.backbone)
         if attention == "kvpos" and self.kept_attention:
             reasons = "; ".join(sorted(set(self.kept_attention.values())))
@@ -259,6 +251,14 @@ class TimmSegmenter(nn.Module):
                 f"swap_attention converts; {len(self.kept_attention)} would stay as they are "
                 f"({', '.join(self.kept_attention)}: {reasons}). Use 'kv'."
             )
+
+        shapes = self._dry_run(in_channels, sizes)
+        order = sorted(range(len(shapes)), key=lambda i: (-shapes[i][1] * shapes[i][2], i))
+        reductions = [math.sqrt(sizes[0] * sizes[1] / (shapes[i][1] * shapes[i][2])) for i in order]
+        self.order = tuple(order)
+        self.strides = feature_strides(reductions)
+        self.feature_channels = tuple(shapes[i][0] for i in order)
+
         if attention != "qkv":  # timm's attention is QKV: swap_attention would leave it as it is
             try:
                 swap_attention(self.backbone, attention, pos_channels=pos_channels, skip_unsupported=skip_unsupported)
