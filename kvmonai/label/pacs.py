@@ -312,7 +312,7 @@ def expand_sources(sources: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def load_studies(
-    dicomweb_url: str, sources: Sequence[str | os.PathLike], tilt: float = 10.0, progress: bool = True
+    dicomweb_url: str, sources: Sequence[str | os.PathLike], tilt: float = 0.0, progress: bool = True
 ) -> list[LoadedSeries]:
     """Store MR series in a DICOMweb server: NIfTI volumes written as DICOM first, DICOM folders as they are.
 

@@ -31,7 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--port", type=bounded_int("--port", 1), default=int(os.environ.get("KVMONAI_PACS_PORT", "8042")),
         help="HTTP port on 127.0.0.1 (default 8042, or $KVMONAI_PACS_PORT)",
     )  # fmt: skip
-    parser.add_argument("--tilt", type=float, default=10.0, help="load: tilt of series made from NIfTI, degrees (10)")
+    parser.add_argument(
+        "--tilt", type=float, default=0.0,
+        help="load: tilt series made from NIfTI by this many degrees, as scanners write oblique stacks (default 0)",
+    )  # fmt: skip
     parser.add_argument("--limit", type=bounded_int("--limit", 1), help="load: at most this many volumes")
 
 

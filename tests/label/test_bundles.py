@@ -20,6 +20,7 @@ from kvmonai.label.bundles import (
 )
 from kvmonai.label.datalist import label_values, split_items
 from kvmonai.label.handlers import TrainStatsWriter
+from kvmonai.networks import pairs
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLES = REPO / "bundles"
@@ -60,7 +61,9 @@ def test_parse_overrides_errors(text, match):
 
 def test_every_bundle_opens_with_the_ids_the_app_uses():
     names = [p.name for p in find_bundles(BUNDLES)]
-    assert len(names) == 15 and "setr_kv" in names and "unet_cnn" in names  # 14 pairs and the CNN reference
+    # the 14 pairs, the CNN reference and the timm backbones' bundles
+    assert names == sorted(f"{a}_{t}" for a, t in pairs(references=True, extra=True))
+    assert "setr_kv" in names and "unet_cnn" in names and "swin_kv" in names
     for path in find_bundles(BUNDLES):
         spec = open_bundle(path, {"preset": "tiny", "img_size": 64, "max_epochs": 2})
         assert spec.name == path.name and spec.labels == LABELS
@@ -89,7 +92,7 @@ def test_open_bundle_errors(tmp_path):
 
 def test_find_bundles_selection_and_errors(tmp_path):
     assert [p.name for p in find_bundles(BUNDLES, ["setr_kv", "cvt_qkv", "setr_kv"])] == ["setr_kv", "cvt_qkv"]
-    assert len(find_bundles(BUNDLES, ["all"])) == 15
+    assert len(find_bundles(BUNDLES, ["all"])) == len(pairs(references=True, extra=True))
     with pytest.raises(ValueError, match=r"\['setr_xx'\] not found"):
         find_bundles(BUNDLES, ["setr_xx"])
     with pytest.raises(ValueError, match="does not exist"):

@@ -135,7 +135,7 @@ def test_ohif_lists_the_pacs_studies_and_shows_the_auto_segmentation(pacs_loop: 
         timeout=120,
     )
     page.wait_for_timeout(2000)
-    after = _pixels(page, _shot_dir(tmp_path) / "ohif_monailabel_autoseg.png")
+    after = _pixels(page, tmp_path / "ohif_monailabel_autoseg.png")
     assert _overlay_pixels(before, after) > 300, "no segmentation overlay on the images"
 
 

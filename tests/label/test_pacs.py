@@ -145,7 +145,8 @@ def test_fine_tuning_reads_the_labels_back_from_the_pacs(pacs_loop: Any, submitt
         assert status["status"] == "DONE", "\n".join(status.get("details", [])) + srv.log_tail()
         stats = requests.get(f"{srv.url}/info/", timeout=30).json()["train_stats"]["setr_kv"]
     labelled = {seg["StudyInstanceUID"] for seg in _seg_series(pacs_loop)}  # the browser test may have added one
-    assert stats["train_studies"] == len(labelled) and stats["epoch"] == 1
+    held_out = 0 if stats["in_sample_validation"] else stats["val_studies"]
+    assert stats["train_studies"] + held_out == len(labelled) and stats["epoch"] == 1
     (store,) = (tmp_path / "cache").glob("*/datastore_v2.json")
     entry = json.loads(store.read_text())["objects"][study.series_uid]["labels"]["final"]
     # the SEG's segment numbers, mapped to organs by their SNOMED codes
