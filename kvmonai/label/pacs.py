@@ -317,9 +317,9 @@ def load_studies(
     """Store MR series in a DICOMweb server: NIfTI volumes written as DICOM first, DICOM folders as they are.
 
     A NIfTI volume becomes one study of one patient (PatientID: the file name without extension), its UIDs derived
-    from the file's content, so that loading it again stores nothing new. ``tilt`` degrees make the series oblique,
-    as scanners write tilted stacks. A DICOM folder must hold one series (:func:`kvmonai.portable.dicom.find_series`
-    checks its geometry).
+    from the file's content and the tilt, so that loading it again stores nothing new. ``tilt`` degrees make the
+    series oblique, as scanners write tilted stacks. A DICOM folder must hold one series
+    (:func:`kvmonai.portable.dicom.find_series` checks its geometry).
 
     Args:
         dicomweb_url: the DICOMweb root.
@@ -362,7 +362,7 @@ def load_studies(
             data = data[..., 0]
         if data.ndim != 3:
             raise ValueError(f"{item}: expected a 3D volume, got shape {data.shape}.")
-        seed = hashlib.sha256(item.read_bytes()).hexdigest()
+        seed = f"{hashlib.sha256(item.read_bytes()).hexdigest()} tilt {tilt:g}"  # same volume, same geometry
         case = _case_id(item)
         with tempfile.TemporaryDirectory(prefix="kvmonai-pacs-") as tmp:
             info = write_dicom_series(
