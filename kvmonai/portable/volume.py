@@ -175,18 +175,13 @@ def load_volume(path: str | os.PathLike, dicom_reader: str = "itk", series: str 
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file or folder.")
     reader = _reader(dicom_reader)
-    if p.is_file() and p.name.lower().endswith(NIFTI_SUFFIXES):
-        try:
-            img = _read("NibabelReader", p)
-        except Exception as e:  # readers raise many types on broken files
-            raise ValueError(f"{p}: NibabelReader could not read the file ({e}).") from e
-        return to_canonical(img, p)
-    if p.is_file() and p.name.lower().endswith(NRRD_SUFFIXES):
-        try:
-            img = _read("ITKReader", p)
-        except Exception as e:  # readers raise many types on broken files
-            raise ValueError(f"{p}: ITKReader could not read the file ({e}).") from e
-        return to_canonical(img, p)
+    for suffixes, file_reader in ((NIFTI_SUFFIXES, "NibabelReader"), (NRRD_SUFFIXES, "ITKReader")):
+        if p.is_file() and p.name.lower().endswith(suffixes):
+            try:
+                img = _read(file_reader, p)
+            except Exception as e:  # readers raise many types on broken files
+                raise ValueError(f"{p}: {file_reader} could not read the file ({e}).") from e
+            return to_canonical(img, p)
     if (p.is_file() and is_dicom_file(p)) or (p.is_dir() and any(is_dicom_file(e) for e in p.iterdir() if e.is_file())):
         return _load_dicom(p, reader, series)
     raise ValueError(f"{p}: not a NIfTI file (.nii/.nii.gz), an NRRD file, a DICOM file or a folder of DICOM files.")

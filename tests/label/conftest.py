@@ -266,3 +266,25 @@ def submit_truth(pacs_loop: PacsLoop, tmp_path_factory: pytest.TempPathFactory) 
 def require_or_skip() -> Callable[[bool, str], None]:
     """:func:`require` (skip, or fail under ``KVMONAI_REQUIRE_PACS=1``), for test modules."""
     return require
+
+
+def _train_rest(srv: Server, params: dict, timeout: float = 240.0) -> dict:
+    """POST /train/setr_kv, wait until it ends (DONE), and return the model's train_stats from /info/."""
+    r = requests.post(f"{srv.url}/train/setr_kv", json=params, timeout=60)
+    assert r.status_code == 200, r.text
+    deadline = time.monotonic() + timeout
+    while True:
+        status = requests.get(f"{srv.url}/train/", timeout=30).json()
+        if status.get("status") not in ("SUBMITTED", "RUNNING"):
+            break
+        assert time.monotonic() < deadline, f"training still running after {timeout:.0f} s:\n{srv.log_tail()}"
+        time.sleep(1)
+    details = "\n".join(status.get("details", []))
+    assert status["status"] == "DONE", f"{status['status']}:\n{details}\n{srv.log_tail()}"
+    return requests.get(f"{srv.url}/info/", timeout=30).json()["train_stats"]["setr_kv"]
+
+
+@pytest.fixture(scope="session")
+def train_rest() -> Callable[..., dict]:
+    """``train_rest(server, params)``: a MONAI Label training over REST, waited for; its train_stats."""
+    return _train_rest

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from pathlib import Path
 from typing import Any
 
@@ -127,23 +126,15 @@ def test_a_submitted_label_is_stored_as_a_dicom_seg_of_the_right_organs(pacs_loo
     assert counted == {1: int((label == 2).sum()), 2: int((label == 3).sum())}
 
 
-def test_fine_tuning_reads_the_labels_back_from_the_pacs(pacs_loop: Any, submitted: dict, start_label_server, tmp_path):
+def test_fine_tuning_reads_the_labels_back_from_the_pacs(
+    pacs_loop: Any, submitted: dict, start_label_server, train_rest, tmp_path
+):
     """A second server with an empty cache: the SEG is fetched, put on the image grid, mapped by organ, trained on."""
     study, label = submitted["study"], submitted["label"]
     env = {"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(tmp_path / "cache")}
     pacs, bundles = pacs_loop.orthanc.dicomweb_url, pacs_loop.server.bundles
     with start_label_server(pacs, bundles, ["setr_kv"], tmp_path, env) as srv:
-        r = requests.post(f"{srv.url}/train/setr_kv", json={"max_epochs": 1, "mlflow": False}, timeout=60)
-        assert r.status_code == 200, r.text
-        deadline = time.monotonic() + 240
-        while True:
-            status = requests.get(f"{srv.url}/train/", timeout=30).json()
-            if status.get("status") not in ("SUBMITTED", "RUNNING"):
-                break
-            assert time.monotonic() < deadline, f"training still running after 240 s:\n{srv.log_tail()}"
-            time.sleep(1)
-        assert status["status"] == "DONE", "\n".join(status.get("details", [])) + srv.log_tail()
-        stats = requests.get(f"{srv.url}/info/", timeout=30).json()["train_stats"]["setr_kv"]
+        stats = train_rest(srv, {"max_epochs": 1, "mlflow": False})
     labelled = {seg["StudyInstanceUID"] for seg in _seg_series(pacs_loop)}  # the browser test may have added one
     held_out = 0 if stats["in_sample_validation"] else stats["val_studies"]
     assert stats["train_studies"] + held_out == len(labelled) and stats["epoch"] == 1

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -149,24 +148,8 @@ def test_infer_errors_name_the_problem(server: Any, tmp_path: Path):
     assert r.status_code == 404 and "setr_kv" in r.json()["detail"]
 
 
-def _train(srv: Any, params: dict) -> dict:
-    """POST /train/setr_kv, wait until it ends, and return the model's train_stats from /info/."""
-    r = requests.post(f"{srv.url}/train/setr_kv", json=params, timeout=60)
-    assert r.status_code == 200, r.text
-    deadline = time.monotonic() + 180
-    while True:
-        status = requests.get(f"{srv.url}/train/", timeout=30).json()
-        if status.get("status") not in ("SUBMITTED", "RUNNING"):
-            break
-        assert time.monotonic() < deadline, f"training still running after 180 s:\n{srv.log_tail()}"
-        time.sleep(1)
-    details = "\n".join(status.get("details", []))
-    assert status["status"] == "DONE", f"{status['status']}:\n{details}\n{srv.log_tail()}"
-    return requests.get(f"{srv.url}/info/", timeout=30).json()["train_stats"]["setr_kv"]
-
-
 @pytest.mark.slow
-def test_training_through_rest_fine_tunes_the_served_weights(server: Any, tmp_path: Path):
+def test_training_through_rest_fine_tunes_the_served_weights(server: Any, train_rest, tmp_path: Path):
     """Submit a label as 3D Slicer does, fine-tune one tiny epoch, retrain from scratch, get the new weights served."""
     bundle = server.bundles / "setr_kv"
     weights = bundle / "models" / "model.pt"
@@ -185,7 +168,7 @@ def test_training_through_rest_fine_tunes_the_served_weights(server: Any, tmp_pa
 
     # fine-tuning (the default): starts from the served weights, validated first (epoch 0), so they are replaced
     # only when the trained epoch beats them
-    stats = _train(server, {"max_epochs": 1})  # MLflow on, as train.json has it
+    stats = train_rest(server, {"max_epochs": 1})  # MLflow on, as train.json has it
     runs = list((bundle / "runs").glob("monailabel_*/model_before.pt"))
     assert len(runs) == 1 and _same_weights(runs[0], before)
     assert (runs[0].parent / "mlruns.db").is_file()
@@ -196,7 +179,7 @@ def test_training_through_rest_fine_tunes_the_served_weights(server: Any, tmp_pa
 
     # from scratch: the one epoch is the best, so the weights change; the next inference serves them
     shutil.copy2(weights, before)
-    stats = _train(server, {"max_epochs": 1, "mlflow": False, "pretrained": False})
+    stats = train_rest(server, {"max_epochs": 1, "mlflow": False, "pretrained": False})
     assert stats["weights_updated"] is True and stats["best_metric_epoch"] == 1
     assert not _same_weights(weights, before)
     r = _infer(server, "setr_kv", tmp_path / "after.nii.gz", image="study1")
