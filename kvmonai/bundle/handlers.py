@@ -6,6 +6,7 @@ import copy
 import csv
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ __all__ = [
     "RunInUseError",
     "lock_run_folder",
     "move_aside",
+    "read_metrics_csv",
     "release_run_folder",
     "RunRecorder",
     "ValidationHandler",
@@ -456,6 +458,16 @@ class BestModelSaver:
             save_atomic(_unwrap(self.network).state_dict(), self.path)
 
 
+def read_metrics_csv(run_dir: str | os.PathLike) -> list[dict[str, str]]:
+    """The rows of ``run_dir/metrics.csv`` (one per epoch, as :class:`RunRecorder` writes them; values as text),
+    or ``[]`` when the run has written none yet."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 class RunRecorder:
     """Record a run for people and for MLflow: settings, per-epoch metrics CSV and a training-curve plot.
 
@@ -491,10 +503,7 @@ class RunRecorder:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
 
     def _rows(self) -> list[dict[str, str]]:
-        if not self.csv_path.is_file():
-            return []
-        with open(self.csv_path, newline="") as f:
-            return list(csv.DictReader(f))
+        return read_metrics_csv(self.output_dir)
 
     def started(self, engine: Any) -> None:
         settings = {

@@ -13,7 +13,6 @@ how many fine-tuning epochs the retrofitted KV needs to come within ``tolerance`
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import time
@@ -86,15 +85,20 @@ def convert_qkv_model(
 
 
 def _metrics(run_dir: Path) -> list[dict[str, float]]:
-    path = run_dir / "metrics.csv"
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return [
-            {k: float(v) for k, v in row.items() if v not in ("", None)}
-            for row in csv.DictReader(f)
-            if row.get("val_jaccard")
-        ]
+    """The validated epochs of a run, as numbers."""
+    from kvmonai.bundle.handlers import read_metrics_csv
+
+    return [
+        {k: float(v) for k, v in row.items() if v not in ("", None)}
+        for row in read_metrics_csv(run_dir)
+        if row.get("val_jaccard")
+    ]
+
+
+def _workflow(bundle: str | os.PathLike, run_dir: Path, overrides: Mapping[str, Any]) -> Any:
+    """The bundle's ``train.json`` workflow writing into ``run_dir`` (its ``output_dir`` and ``ckpt_dir``)."""
+    settings = {"bundle_root": str(Path(bundle).resolve()), "output_dir": str(run_dir), "ckpt_dir": str(run_dir)}
+    return bundle_workflow(bundle, ["train.json"], logging=False, **{**settings, **overrides})
 
 
 def train_bundle(bundle: str | os.PathLike, run_dir: str | os.PathLike, **overrides: Any) -> list[dict[str, float]]:
@@ -106,8 +110,7 @@ def train_bundle(bundle: str | os.PathLike, run_dir: str | os.PathLike, **overri
         overrides: bundle settings (``datalist``, ``max_epochs``, ``pretrained``...).
     """
     run_dir = Path(run_dir).resolve()
-    settings = {"bundle_root": str(Path(bundle).resolve()), "output_dir": str(run_dir), "ckpt_dir": str(run_dir)}
-    workflow = bundle_workflow(bundle, ["train.json"], logging=False, **{**settings, **overrides})
+    workflow = _workflow(bundle, run_dir, overrides)
     try:
         workflow.run()
     finally:
@@ -119,9 +122,7 @@ def _validate(bundle: Path, weights: Path, run_dir: Path, overrides: Mapping[str
     """The bundle's validation Jaccard of ``weights``, with its own validation evaluator (no training)."""
     from kvmonai.bundle.checkpoint import load_weights
 
-    run_dir = run_dir.resolve()
-    settings = {"bundle_root": str(bundle.resolve()), "output_dir": str(run_dir), "ckpt_dir": str(run_dir)}
-    workflow = bundle_workflow(bundle, ["train.json"], logging=False, **{**settings, **overrides})
+    workflow = _workflow(bundle, run_dir.resolve(), overrides)
     try:
         load_weights(workflow.parser.get_parsed_content("network"), weights)
         evaluator = workflow.parser.get_parsed_content("validate#evaluator")

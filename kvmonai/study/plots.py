@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -62,11 +61,9 @@ def plot_savings(rows: Sequence[dict[str, Any]], path: Path) -> Path:
 
 
 def _read_curve(run_dir: Path) -> tuple[list[int], list[float], list[float]]:
-    path = run_dir / "metrics.csv"
-    if not path.is_file():
-        return [], [], []
-    with open(path) as f:
-        rows = list(csv.DictReader(f))
+    from kvmonai.bundle.handlers import read_metrics_csv
+
+    rows = read_metrics_csv(run_dir)
     return (
         [int(r["epoch"]) for r in rows],
         [float(r["train_loss"]) for r in rows],
