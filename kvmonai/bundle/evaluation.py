@@ -17,7 +17,8 @@ from kvmonai.metrics import (
     CompetitionScoreMetric,
     JaccardMetric,
     SliceDiceMetric,
-    jaccard_index,
+    confusion_counts,
+    jaccard_from_counts,
     score_from_parts,
 )
 from kvmonai.utils import atomic_output, csv_text, write_text_atomic
@@ -49,6 +50,8 @@ class EvaluationReport:
         pred_key: output key of the binary prediction.
         label_key: output key of the label.
         id_key: output key of the case-day id.
+        case_key: output or batch key of the patient (case) a volume belongs to, written as the ``case`` column;
+            the case-day id where it is missing.
         save_example: also write ``examples.npz`` with the slice of the first volume that holds the most labelled
             pixels: the middle input channel (network resolution) and the label and prediction resampled to it.
     """
@@ -61,11 +64,12 @@ class EvaluationReport:
         label_key: str = "label",
         id_key: str = "id",
         save_example: bool = True,
+        case_key: str = "case",
     ) -> None:
         self.output_dir = Path(output_dir)
         self.save_example = save_example
         self.settings = dict(settings or {})
-        self.pred_key, self.label_key, self.id_key = pred_key, label_key, id_key
+        self.pred_key, self.label_key, self.id_key, self.case_key = pred_key, label_key, id_key, case_key
         self.reset()
 
     def _write_example(self, item: dict[str, Any], pred: torch.Tensor, label: torch.Tensor) -> None:
@@ -105,7 +109,11 @@ class EvaluationReport:
             parts = self.score(pred, label)  # this volume's Dice sums and Hausdorff distances, also accumulated
             case = item.get(self.id_key, data.get(self.id_key, f"volume_{len(self.rows) + i}"))
             row: dict[str, Any] = {"id": case if isinstance(case, str) else str(case)}
-            per_class_j = jaccard_index(pred, label, reduction="none")
+            # the patient: all days of one case are one unit when the study's verdict resamples cases
+            patient = item.get(self.case_key, data.get(self.case_key))
+            row["case"] = row["id"] if patient is None else str(patient)
+            counts = confusion_counts(pred, label)[0]  # (C, 3): TP, FP, FN of this volume
+            per_class_j = jaccard_from_counts(counts, reduction="none")
             for empty in EMPTY_CONVENTIONS:
                 s = score_from_parts(parts, empty)
                 row[f"score_{empty}"] = _num(s["score"])
@@ -115,6 +123,13 @@ class EvaluationReport:
                         row[f"hausdorff_{name}"] = _num(s["class_hausdorff"][c])
             for c, name in enumerate(CLASSES):
                 row[f"jaccard_{name}"] = _num(per_class_j[c])
+            # the volume's sufficient statistics: every summary metric is a function of their sums over volumes,
+            # so the study's verdict can recompute it exactly for any resample of the cases
+            for c, name in enumerate(CLASSES):
+                row[f"tp_{name}"], row[f"fp_{name}"], row[f"fn_{name}"] = (int(v) for v in counts[c])
+                row[f"dice_sum_{name}"] = round(float(parts[0, c, 0]), 9)
+                row[f"dice_rows_{name}"] = int(parts[0, c, 1])
+                row[f"empty_rows_{name}"] = int(parts[0, c, 2])
             if self.save_example and not self.rows and "image" in item:
                 self._write_example(item, pred, label)
             self.rows.append(row)
