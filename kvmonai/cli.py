@@ -21,6 +21,10 @@ __all__ = ["COMMANDS", "main"]
 #: name -> (module implementing ``add_arguments``/``run``, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "study": ("kvmonai.study.cli", "train and evaluate architecture/attention pairs and write the comparison report"),
+    "verdict": (
+        "kvmonai.study.verdict_cli",
+        "is each attention variant as good as its QKV twin: paired intervals and a verdict at a margin, from a study",
+    ),
     "complexity": ("kvmonai.complexity.cli", "parameter and MAC table of every architecture/attention pair"),
     "synth": ("kvmonai.data.synth_cli", "write a synthetic UW-Madison GI Tract dataset in the Kaggle layout"),
     "prepare": ("kvmonai.data.prepare_cli", "Kaggle-layout folder -> NIfTI volumes + MONAI datalist with 5 folds"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,10 @@ from kvmonai.utils import atomic_output, csv_text, write_text_atomic
 Events, _ = optional_import("ignite.engine", name="Events")
 
 __all__ = ["EvaluationReport"]
+
+
+#: the day suffix of a case-day id (``case123_day20`` -> case ``case123``)
+_DAY_SUFFIX = re.compile(r"_day\d+$")
 
 
 def _num(x: Any) -> float | None:
@@ -51,7 +56,7 @@ class EvaluationReport:
         label_key: output key of the label.
         id_key: output key of the case-day id.
         case_key: output or batch key of the patient (case) a volume belongs to, written as the ``case`` column;
-            the case-day id where it is missing.
+            where it is missing, the case-day id without its ``_dayN`` suffix.
         save_example: also write ``examples.npz`` with the slice of the first volume that holds the most labelled
             pixels: the middle input channel (network resolution) and the label and prediction resampled to it.
     """
@@ -111,7 +116,7 @@ class EvaluationReport:
             row: dict[str, Any] = {"id": case if isinstance(case, str) else str(case)}
             # the patient: all days of one case are one unit when the study's verdict resamples cases
             patient = item.get(self.case_key, data.get(self.case_key))
-            row["case"] = row["id"] if patient is None else str(patient)
+            row["case"] = _DAY_SUFFIX.sub("", row["id"]) if patient is None else str(patient)
             counts = confusion_counts(pred, label)[0]  # (C, 3): TP, FP, FN of this volume
             per_class_j = jaccard_from_counts(counts, reduction="none")
             for empty in EMPTY_CONVENTIONS:

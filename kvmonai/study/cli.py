@@ -98,6 +98,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=bounded_int("--jobs"), default=None,
                         help="runs trained side by side in worker processes, each with its share of the CPU threads "
                         "(default: 2 on a CPU with 2+ cores, else 1)")  # fmt: skip
+    parser.add_argument("--margin", type=float, default=0.01,
+                        help="the verdict's non-inferiority/equivalence margin in Jaccard (default: 0.01)")  # fmt: skip
+    parser.add_argument("--alpha", type=float, default=0.05, help="1 - the verdict intervals' level (default: 0.05)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -148,6 +151,12 @@ def _jobs(jobs: int | None, device: str) -> int:
     return jobs
 
 
+def _positive(value: float, name: str) -> float:
+    if not value > 0:
+        raise SystemExit(f"error: {name} must be > 0, got {value}.")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the study and print where the report is."""
     import torch
@@ -173,6 +182,10 @@ def run(args: argparse.Namespace) -> int:
         synthetic=synthetic,
         reference=args.reference,
         jobs=_jobs(args.jobs, device),
+        margin=_positive(args.margin, "--margin"),
+        alpha=args.alpha
+        if 0 < args.alpha < 1
+        else _positive(-1, f"--alpha must be between 0 and 1, got {args.alpha}; --alpha"),
         overrides={
             "slices_per_volume": args.slices_per_volume,
             "volumes_per_batch": args.volumes_per_batch,
@@ -181,6 +194,20 @@ def run(args: argparse.Namespace) -> int:
         },
     )
     outcome = run_study(cfg, progress=not args.quiet)
+    verdict = cfg.out / "verdict.csv"
+    if verdict.is_file():
+        from kvmonai.study.verdict import read_verdict, verdict_lines
+
+        rows = read_verdict(verdict)
+        print(f"verdict (pooled Jaccard, margin {cfg.margin:g}; details in the report):")
+        for line in verdict_lines(rows):
+            print(f"  {line}")
+        needed = [r["seeds_needed_all_folds"] for r in rows if r["organ"] == "all" and r["metric"] == "jaccard"]
+        if any(r["seeds"] < 2 for r in rows if r["organ"] == "all"):
+            print("  one seed: every verdict is inconclusive (training noise unknown); run --seeds 0,1,2 as a pilot, "
+                  "then `kvmonai verdict <study> --plan`")  # fmt: skip
+        elif any(n is not None for n in needed):
+            print(f"  seeds needed for a conclusive study at all folds: up to {max(n for n in needed if n)}")
     print(f"report: {outcome['report']}")
     if outcome["failures"]:
         print(f"{len(outcome['failures'])} run(s) failed; see the report and {cfg.out / 'failures.json'}")

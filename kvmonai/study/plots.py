@@ -10,7 +10,7 @@ import numpy as np
 
 from kvmonai.utils import pyplot, save_figure
 
-__all__ = ["plot_accuracy_vs_macs", "plot_predictions", "plot_savings", "plot_training_curves"]
+__all__ = ["plot_accuracy_vs_macs", "plot_forest", "plot_predictions", "plot_savings", "plot_training_curves"]
 
 _MARKERS = {"qkv": "o", "kv": "s", "kvpos": "^", "cnn": "D"}
 _CLASS_COLOURS = np.array([[0.95, 0.35, 0.2], [0.2, 0.8, 0.3], [0.25, 0.45, 1.0]])
@@ -143,5 +143,54 @@ def plot_predictions(results: Sequence[dict[str, Any]], path: Path, attentions: 
         for ax in axes[i]:
             ax.axis("off")
     fig.suptitle("red: large bowel, green: small bowel, blue: stomach", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+_VERDICT_COLOURS = {
+    "inferior": "#c0392b",
+    "equivalent": "#1e8449",
+    "superior": "#2471a3",
+    "non-inferior": "#52be80",
+    "inconclusive": "#7f8c8d",
+}
+
+
+def plot_forest(rows: Sequence[dict[str, Any]], metric: str, path: Path) -> Path:
+    """Each pair's difference to its QKV twin with its interval, against the ±margin band; one panel per organ.
+
+    ``rows`` are verdict rows (``kvmonai.study.verdict``). An interval drawn hollow and grey carries a reason (e.g.
+    one seed: it covers the case sampling only) and no verdict.
+    """
+    plt = pyplot()
+    rows = [r for r in rows if r["metric"] == metric]
+    organs = list(dict.fromkeys(r["organ"] for r in rows))
+    pairs = list(dict.fromkeys(r["pair"] for r in rows))
+    fig, axes = plt.subplots(1, len(organs), figsize=(3.2 * len(organs) + 1.5, 0.45 * len(pairs) + 1.6), sharey=True)
+    axes = np.atleast_1d(axes)
+    for ax, organ in zip(axes, organs, strict=True):
+        margin = next(r["margin"] for r in rows if r["organ"] == organ)
+        ax.axvspan(-margin, margin, color="#d5f5e3", zorder=0, label=f"±δ = {margin:g}")
+        ax.axvline(0, color="black", linewidth=0.8)
+        for y, pair in enumerate(pairs):
+            r = next((r for r in rows if r["organ"] == organ and r["pair"] == pair), None)
+            if r is None or r.get("diff") is None or np.isnan(r["diff"]):
+                continue
+            colour = _VERDICT_COLOURS[r["verdict"]]
+            hollow = bool(r.get("reason"))
+            ax.errorbar(
+                r["diff"], y, xerr=[[r["diff"] - r["lo"]], [r["hi"] - r["diff"]]], marker="o", capsize=3,
+                color=colour, markerfacecolor="white" if hollow else colour, linestyle="none",
+            )  # fmt: skip
+            ax.annotate(r["verdict"], (r["hi"], y), xytext=(4, 0), textcoords="offset points", fontsize=7,
+                        va="center", color=colour)  # fmt: skip
+        ax.set_yticks(range(len(pairs)), pairs)
+        ax.invert_yaxis()
+        ax.set(title="pooled" if organ == "all" else organ.replace("_", " "), xlabel=f"Δ {metric} vs QKV twin")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower left")
+    fig.suptitle(
+        f"{metric}: difference to the QKV twin, 95 % interval (hollow: no verdict, see the reason)", fontsize=9
+    )
     fig.tight_layout()
     return save_figure(fig, path)

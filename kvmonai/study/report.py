@@ -125,6 +125,8 @@ def write_report(cfg: Any, results: Sequence[dict[str, Any]], failures: Sequence
     rows = summarise(results)
     write_text_atomic(out / "results.csv", csv_text(rows))
     write_text_atomic(out / "runs.csv", csv_text(results))
+    write_text_atomic(out / "failures.json", json.dumps(list(failures), indent=2) + "\n")
+    verdict = _verdict_section(cfg, out)
     charts = []
     if rows:
         charts = [
@@ -145,6 +147,9 @@ def write_report(cfg: Any, results: Sequence[dict[str, Any]], failures: Sequence
     lines += [
         "",
         f"# KV vs QKV attention study `{cfg.name}`",
+        "",
+        *verdict,
+        "## All pairs",
         "",
         f"- datalist: `{Path(cfg.datalist).resolve()}`; {cfg.data_note}",
         f"- preset `{cfg.preset}` at {cfg.img_size}x{cfg.img_size}, {cfg.epochs} epochs, folds {list(cfg.folds)}, "
@@ -180,6 +185,58 @@ def write_report(cfg: Any, results: Sequence[dict[str, Any]], failures: Sequence
         f"(`mlflow ui --backend-store-uri {cfg.tracking_uri}`).",
         "",
     ]
-    path = write_text_atomic(out / "report.md", "\n".join(lines))
-    write_text_atomic(out / "failures.json", json.dumps(list(failures), indent=2) + "\n")
-    return path
+    return write_text_atomic(out / "report.md", "\n".join(lines))
+
+
+def _verdict_section(cfg: Any, out: Path) -> list[str]:
+    """The verdict table, forest plot and plan for the top of the report (``verdict.csv`` written beside it)."""
+    from kvmonai.study.plots import plot_forest
+    from kvmonai.study.verdict import (
+        VerdictError,
+        plan_markdown,
+        study_verdict,
+        verdict_markdown,
+        write_verdict,
+    )
+
+    margin, alpha = getattr(cfg, "margin", 0.01), getattr(cfg, "alpha", 0.05)
+    lines = ["## Verdict: is each variant as good as its QKV twin?", ""]
+    try:
+        rows = study_verdict(out, margin=margin, alpha=alpha)
+    except VerdictError as e:
+        (out / "verdict.csv").unlink(missing_ok=True)
+        return [*lines, f"No verdict: {e}", ""]
+    write_verdict(out, rows)
+    plot = plot_forest(rows, "jaccard", out / "verdict_jaccard.png")
+    level = f"{100 * (1 - alpha):g} %"
+    one_seed = any(r["seeds"] < 2 for r in rows if r.get("diff") is not None)
+    lines += [
+        f"Paired difference of the pooled Jaccard to the QKV twin (same architecture, fold, seed and cases), its "
+        f"{level} interval from a two-way cluster bootstrap over seeds and cases (folds as strata), and the verdict "
+        f"at the margin δ = {margin:g}: inferior (upper bound < -δ), equivalent (within ±δ), superior (lower bound "
+        "> +δ), non-inferior (lower bound > -δ), else inconclusive. Words and `p adj.` (the non-inferiority test) "
+        "are Holm-adjusted across the pairs. All metrics and organs: `verdict.csv`; the method: `kvmonai verdict "
+        "--help` and the README's study section.",
+        "",
+        verdict_markdown(rows, "jaccard"),
+        "",
+        f"![verdict]({plot.name})",
+        "",
+    ]
+    if one_seed:
+        lines += [
+            "**Why inconclusive:** with one seed per fold the training noise (how much the difference changes from "
+            "one seed to the next) cannot be estimated, and without it no interval covers the difference a new "
+            "training would give. The intervals above (hollow in the plot) cover the case sampling only. Run a pilot "
+            "with at least 3 seeds (`--seeds 0,1,2`), then `kvmonai verdict <study> --plan` gives the seeds a "
+            "conclusive study needs.",
+            "",
+        ]
+    lines += [
+        f"How many seeds are enough (half-width of the {level} interval below δ/2 = {margin / 2:g}, "
+        "`kvmonai verdict --plan`):",
+        "",
+        plan_markdown(rows, "jaccard"),
+        "",
+    ]
+    return lines

@@ -56,6 +56,8 @@ class StudyConfig:
         reference: also train the CNN reference (``unet_cnn``), reported in its own row.
         jobs: runs trained at the same time, in worker processes sharing the CPU threads (1: one after another).
         latency_repeats: timed rounds of the paired latency measurement after training.
+        margin: the verdict's non-inferiority/equivalence margin (Jaccard units).
+        alpha: 1 - the level of the verdict's intervals.
     """
 
     datalist: Path
@@ -74,6 +76,8 @@ class StudyConfig:
     reference: bool = True
     latency_repeats: int = 20
     jobs: int = 1
+    margin: float = 0.01
+    alpha: float = 0.05
 
     @property
     def name(self) -> str:
@@ -210,6 +214,16 @@ def _reusable(run_dir: Path, fingerprint: dict[str, Any]) -> tuple[bool, str]:
     except json.JSONDecodeError:
         old = None
     return old == fingerprint, _changes(old, fingerprint)
+
+
+def _evaluated(run_dir: Path) -> bool:
+    """Whether the run's ``eval/per_case.csv`` holds the per-case counts the verdict needs (older runs lack them:
+    they are evaluated again, from their finished checkpoint, without training)."""
+    path = run_dir / "eval" / "per_case.csv"
+    if not path.is_file():
+        return False
+    with open(path) as f:
+        return "tp_stomach" in f.readline().split(",")
 
 
 def _run_one(
@@ -364,6 +378,24 @@ def _root_cause(e: BaseException) -> str:
     return text if inner is e else f"{text} (in {type(e).__name__}: {str(e).splitlines()[0][:120]})"
 
 
+def _log_verdict(client: Any, run_id: str, path: Path) -> None:
+    """The pooled verdicts as metrics (difference and interval) and tags (the word) of the study's parent run."""
+    import csv
+
+    if not path.is_file():
+        return
+    client.log_artifact(run_id, str(path))
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            if r["organ"] != "all":
+                continue
+            key = f"verdict_{r['pair']}_{r['metric']}"
+            client.set_tag(run_id, key, r["verdict"])
+            for name in ("diff", "lo", "hi"):
+                if r[name]:
+                    client.log_metric(run_id, f"{key}_{name}", float(r[name]))
+
+
 def run_study(cfg: StudyConfig, progress: bool = True) -> dict[str, Any]:
     """Run every (pair, fold, seed) not finished yet, then write the report.
 
@@ -390,7 +422,7 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> dict[str, Any]:
     for i, (arch, attention, fold, seed) in enumerate(jobs):
         run_dir = (cfg.out / "runs" / f"{arch}_{attention}_fold{fold}_seed{seed}").resolve()
         done = run_dir / "result.json"
-        if done.is_file() and _reusable(run_dir, fingerprints[i])[0]:
+        if done.is_file() and _reusable(run_dir, fingerprints[i])[0] and _evaluated(run_dir):
             outcomes[i] = {"result": json.loads(done.read_text())}
         else:
             todo.append(i)
@@ -433,6 +465,7 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> dict[str, Any]:
             client = MlflowClient(cfg.tracking_uri)
             for path in sorted(cfg.out.glob("*.png")) + [cfg.out / "report.md", cfg.out / "results.csv"]:
                 client.log_artifact(parent_id, str(path))
+            _log_verdict(client, parent_id, cfg.out / "verdict.csv")
             client.set_terminated(parent_id, "FAILED" if failures else "FINISHED")
         except Exception as e:
             logger.warning(f"could not log the report to MLflow: {e}")

@@ -64,9 +64,12 @@ __all__ = [
     "holm",
     "load_comparisons",
     "metric_values",
+    "plan_markdown",
     "plan_seeds",
     "read_per_case",
+    "read_verdict",
     "study_verdict",
+    "verdict_lines",
     "verdict_markdown",
     "write_verdict",
 ]
@@ -472,7 +475,7 @@ def plan_seeds(
         when the case component alone keeps the half-width at or above ``margin / 2`` (more cases are needed, not
         more seeds).
     """
-    if est.seed_df == 0 or est.case_df == 0:
+    if est.seed_df == 0 or est.case_df == 0 or est.se == 0:
         return None
     planned = max(planned_folds, folds)
     shrink = folds / planned
@@ -650,3 +653,51 @@ def write_verdict(study: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
     """Write ``verdict.csv`` (one row per compared pair, metric and organ) atomically; returns its path."""
     out = [{k: r.get(k) for k in _CSV_FIELDS} for r in rows]
     return write_text_atomic(Path(study) / "verdict.csv", csv_text(out, _CSV_FIELDS))
+
+
+def verdict_lines(rows: Sequence[dict[str, Any]], metric: str = "jaccard") -> list[str]:
+    """One line per compared pair for a terminal: the pooled verdict, its interval and the per-organ words."""
+    lines = []
+    for r in rows:
+        if r["metric"] != metric or r["organ"] != POOLED:
+            continue
+        organs = [o for o in rows if o["metric"] == metric and o["pair"] == r["pair"] and o["organ"] != POOLED]
+        words = ", ".join(f"{o['organ']} {o['verdict']}" for o in organs)
+        ci = f"Δ {_fmt(r.get('diff'))} [{_fmt(r.get('lo'))}, {_fmt(r.get('hi'))}]" if r.get("diff") is not None else ""
+        lines.append(f"{r['pair']} vs {r['twin']}: {r['verdict']} {ci} ({words})".replace("  ", " "))
+    return lines
+
+
+def plan_markdown(rows: Sequence[dict[str, Any]], metric: str = "jaccard") -> str:
+    """The ``--plan`` answer: per pair, the parts of the difference's standard error and the seeds per fold needed
+    for a half-width below δ/2, at the study's folds and at all folds of its datalist."""
+    head = ["pair", "se from seeds", "se from cases", "se from seed x case", "sd over folds",
+            "seeds needed (these folds)", "seeds needed (all folds)"]  # fmt: skip
+    table = []
+    for r in rows:
+        if r["metric"] != metric or r["organ"] != POOLED or r.get("se") is None:
+            continue
+
+        sd = [_fmt(math.sqrt(r[k]) if r.get(k) is not None else None, 4, sign=False)
+              for k in ("var_seed", "var_case", "var_interaction")]  # fmt: skip
+        need = [
+            str(r[k]) if r.get(k) is not None
+            else "unknown (pilot has 1 seed)" if r["seeds"] < 2
+            else "none suffices: the cases limit the width"
+            for k in ("seeds_needed", "seeds_needed_all_folds")
+        ]  # fmt: skip
+        table.append([r["pair"], *sd, _fmt(r.get("fold_sd"), 4, sign=False), *need])
+    return markdown_table(head, table, ["left"] + ["right"] * 6)
+
+
+def read_verdict(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a ``verdict.csv`` with numbers as numbers (empty cells as ``None``)."""
+    text = {"pair", "twin", "metric", "organ", "verdict", "reason"}
+    rows = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            rows.append({k: v if k in text else (None if v == "" else float(v)) for k, v in r.items()})
+    for r in rows:
+        for k in ("seeds", "cases", "folds", "runs", "seeds_needed", "seeds_needed_all_folds"):
+            r[k] = None if r[k] is None else int(r[k])
+    return rows
