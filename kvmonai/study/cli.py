@@ -102,6 +102,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the verdict's non-inferiority/equivalence margin in Jaccard (default: 0.01)")  # fmt: skip
     parser.add_argument("--alpha", type=float, default=0.05, help="1 - the verdict intervals' level (default: 0.05)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--verbose", action="store_true",
+                        help="the runs' logs on the terminal (default: in runs/<run>/run.log)")  # fmt: skip
 
 
 def _resolve_data(args: argparse.Namespace) -> tuple[Path, str, bool, str]:
@@ -165,6 +167,10 @@ def run(args: argparse.Namespace) -> int:
     from kvmonai.study.runner import StudyConfig, run_study
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # MONAI announces on import that the GPU DICOM decoder is missing: a notice about an optional GPU package, not
+    # a problem of the study (the runs' own logs keep every message)
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
     datalist, note, synthetic, default_name = _resolve_data(args)
     name = args.name or f"{default_name}_{args.preset}"
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -182,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
         synthetic=synthetic,
         reference=args.reference,
         jobs=_jobs(args.jobs, device),
+        verbose=args.verbose,
         margin=_positive(args.margin, "--margin"),
         alpha=args.alpha
         if 0 < args.alpha < 1

@@ -15,9 +15,11 @@ import json
 import logging
 import os
 import statistics
+import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,7 @@ class StudyConfig:
         latency_repeats: timed rounds of the paired latency measurement after training.
         margin: the verdict's non-inferiority/equivalence margin (Jaccard units).
         alpha: 1 - the level of the verdict's intervals.
+        verbose: runs print their logs to the terminal instead of ``runs/<run>/run.log``.
     """
 
     datalist: Path
@@ -76,6 +79,7 @@ class StudyConfig:
     reference: bool = True
     latency_repeats: int = 20
     jobs: int = 1
+    verbose: bool = False
     margin: float = 0.01
     alpha: float = 0.05
 
@@ -250,7 +254,7 @@ def _run_one(
         "experiment_name": f"kvmonai-study-{cfg.name}",
         "device": f"$torch.device('{cfg.device}')",
         "num_workers": 0,
-        "progress": cfg.jobs <= 1,  # parallel runs: the study's own bar only
+        "progress": cfg.verbose and cfg.jobs <= 1,  # else the study's own bar only
         **cfg.overrides,
     }
     # an earlier invocation may have left this folder: reuse it only if made with the same settings and data
@@ -361,11 +365,50 @@ def _guarded_run(
     cfg: StudyConfig, arch: str, attention: str, fold: int, seed: int, parent_id: str | None, fingerprint: dict
 ) -> dict[str, Any]:
     """``{"result": ...}`` of one run, or ``{"failure": ...}`` with the error and its traceback (never raises)."""
-    try:
-        return {"result": _run_one(cfg, arch, attention, fold, seed, parent_id, fingerprint)}
-    except Exception as e:
-        failure = {"arch": arch, "attention": attention, "fold": fold, "seed": seed}
-        return {"failure": {**failure, "error": _root_cause(e), "traceback": traceback.format_exc()}}
+    run_dir = (cfg.out / "runs" / f"{arch}_{attention}_fold{fold}_seed{seed}").resolve()
+    start = time.perf_counter()
+    with nullcontext() if cfg.verbose else _output_to(run_dir / "run.log"):
+        try:
+            return {"result": _run_one(cfg, arch, attention, fold, seed, parent_id, fingerprint)}
+        except Exception as e:
+            failure = {"arch": arch, "attention": attention, "fold": fold, "seed": seed}
+            traceback.print_exc()  # into run.log
+            failure.update(error=_root_cause(e), traceback=traceback.format_exc(), seconds=time.perf_counter() - start)
+            return {"failure": failure}
+
+
+@contextmanager
+def _output_to(path: Path) -> Iterator[None]:
+    """Send this process's stdout and stderr (file descriptors 1 and 2, so C libraries' output too) to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "a") as f:
+        f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
+        f.flush()
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _finished_line(job: tuple[str, str, int, int], outcome: dict[str, Any]) -> str:
+    """One terminal line per finished run: pair, fold, seed, Jaccard and training time, or the error."""
+    arch, attention, fold, seed = job
+    head = f"{arch}_{attention} fold {fold} seed {seed}:"
+    if "failure" in outcome:
+        log = f"runs/{arch}_{attention}_fold{fold}_seed{seed}/run.log"
+        return f"{head} FAILED: {outcome['failure']['error'][:200]} (log: {log})"
+    r = outcome["result"]
+    return f"{head} Jaccard {r['jaccard']:.3f}, trained in {r['train_seconds'] / 60:.1f} min"
 
 
 def _root_cause(e: BaseException) -> str:
@@ -399,9 +442,11 @@ def _log_verdict(client: Any, run_id: str, path: Path) -> None:
 def run_study(cfg: StudyConfig, progress: bool = True) -> dict[str, Any]:
     """Run every (pair, fold, seed) not finished yet, then write the report.
 
-    With ``cfg.jobs > 1`` the runs go to that many worker processes, each with its share of the CPU threads: small
+    The runs go to ``cfg.jobs`` worker processes (one or more), each with its share of the CPU threads: small
     networks use two cores poorly within one process (per-operator threading overhead, Python-side transforms and
-    handlers), so two single-threaded runs side by side finish sooner than two runs one after the other.
+    handlers), so two single-threaded runs side by side finish sooner than two runs one after the other. Each run's
+    output goes to ``runs/<run>/run.log`` (unless ``cfg.verbose``); the terminal shows the bar and one line per
+    finished run.
 
     Returns:
         ``{"results": [...], "failures": [...], "report": path}``.
@@ -427,31 +472,28 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> dict[str, Any]:
         else:
             todo.append(i)
     bar = tqdm(total=len(jobs), initial=len(outcomes), desc=f"study {cfg.name}", unit="run", disable=not progress)
-    if cfg.jobs <= 1:
-        for i in todo:
-            bar.set_postfix_str("{}_{} fold {} seed {}".format(*jobs[i]))
-            outcomes[i] = _guarded_run(cfg, *jobs[i], parent_id, fingerprints[i])
-            bar.update()
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        threads = max(1, torch.get_num_threads() // cfg.jobs)
-        context = multiprocessing.get_context("spawn")  # no forked OpenMP or MLflow state
-        with ProcessPoolExecutor(cfg.jobs, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
-            futures = {pool.submit(_guarded_run, cfg, *jobs[i], parent_id, fingerprints[i]): i for i in todo}
-            for future in as_completed(futures):
-                outcomes[futures[future]] = future.result()
-                bar.set_postfix_str("{}_{} fold {} seed {} done".format(*jobs[futures[future]]))
-                bar.update()
+    # always worker processes, even one: each run's output (MONAI's and ignite's logs, warnings) goes to its own
+    # folder's run.log at the file-descriptor level, while this process keeps the terminal for the bar
+    workers = max(1, cfg.jobs)
+    threads = max(1, torch.get_num_threads() // workers)
+    context = multiprocessing.get_context("spawn")  # no forked OpenMP or MLflow state
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
+        futures = {pool.submit(_guarded_run, cfg, *jobs[i], parent_id, fingerprints[i]): i for i in todo}
+        for future in as_completed(futures):
+            i = futures[future]
+            outcomes[i] = future.result()
+            if progress:
+                bar.write(_finished_line(jobs[i], outcomes[i]))
+            bar.update()
     bar.close()
     results = [outcomes[i]["result"] for i in sorted(outcomes) if "result" in outcomes[i]]
     failures = [outcomes[i]["failure"] for i in sorted(outcomes) if "failure" in outcomes[i]]
-    for f in failures:
-        logger.error(f"{f['arch']}_{f['attention']} fold {f['fold']} seed {f['seed']} failed: {f['error']}")
     if results:
         if progress:
-            print(f"[kvmonai study] paired latency of {len(pairs)} networks ({cfg.latency_repeats} rounds)", flush=True)
+            print(f"paired latency of {len(results)} trained networks ({cfg.latency_repeats} rounds)", flush=True)
         try:
             latency = measure_paired_latency(cfg, results)
             results = [{**r, **latency.get((r["arch"], r["attention"]), {})} for r in results]

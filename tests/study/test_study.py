@@ -66,7 +66,7 @@ def _grey(rgb: np.ndarray) -> np.ndarray:
 def _assert_charts_show_their_data(charts: dict[str, dict[str, Any]]) -> None:
     """Every chart holds exactly the numbers, curves and masks it was handed, under the right labels."""
     data, figure = charts["data"], charts["figure"]
-    assert set(figure) == set(CHARTS)
+    assert set(figure) - {"verdict_jaccard"} == set(CHARTS)  # the verdict's forest plot: tests/study/test_verdict.py
 
     # accuracy vs compute: one point per pair at (GMACs, Jaccard) with a ± std bar; one colour per architecture
     rows = data["accuracy_vs_macs"]
@@ -188,6 +188,14 @@ def test_two_pair_study_end_to_end(prepared, tmp_path, monkeypatch, capsys, char
     assert sorted(r.info.run_name for r in children) == names
     assert all("eval_jaccard" in r.data.metrics and "val_jaccard" in r.data.metrics for r in children)
     assert "report.md" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    # the verdict: at one seed inconclusive, with the reason, at the top of the report and in MLflow
+    assert report.index("## Verdict") < report.index("## All pairs") and "**Why inconclusive:**" in report
+    with open(out / "verdict.csv") as f:
+        verdict = list(csv.DictReader(f))
+    assert {(r["pair"], r["twin"], r["verdict"]) for r in verdict} == {("setr_kv", "setr_qkv", "inconclusive")}
+    assert parents[0].data.tags["verdict_setr_kv_jaccard"] == "inconclusive"
+    assert {"verdict.csv", "verdict_jaccard.png"} <= {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert (out / "runs" / "setr_kv_fold0_seed0" / "run.log").stat().st_size > 0  # the run's log, not the terminal
 
     # a re-run finds every run finished and only rewrites the report
     stamp = (out / "runs" / "setr_kv_fold0_seed0" / "result.json").stat().st_mtime_ns

@@ -161,6 +161,22 @@ def test_study_folder_verdict_and_cli(tmp_path, capsys):
                    "seeds", "cases"):  # fmt: skip
         assert column in header
     assert (study / "verdict_jaccard.png").stat().st_size > 1000
+    # the forest plot: one panel per organ, each pair's interval around its difference, the ±δ band
+    import kvmonai.study.plots as plots
+
+    saved = {}
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(plots, "save_figure", lambda fig, path: saved.setdefault("fig", fig))
+    plots.plot_forest(rows, "jaccard", study / "x.png")
+    monkey.undo()
+    axes = saved["fig"].axes
+    assert [ax.get_title() for ax in axes] == ["pooled", "large bowel", "small bowel", "stomach"]
+    for ax, organ in zip(axes, ["all", *CLASSES], strict=True):
+        r = next(r for r in rows if r["metric"] == "jaccard" and r["organ"] == organ)
+        (bar,) = ax.containers
+        assert bar.lines[0].get_xdata()[0] == pytest.approx(r["diff"])
+        band = ax.patches[0]  # the ±δ band (a Rectangle from axvspan)
+        assert band.get_x() == pytest.approx(-0.01) and band.get_x() + band.get_width() == pytest.approx(0.01)
 
 
 def test_unpaired_runs_give_no_verdict_from_a_subset(tmp_path):
