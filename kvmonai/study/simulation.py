@@ -103,7 +103,7 @@ def error_rates(
     return out
 
 
-#: the scenarios of the documented table: (label, scenario, margin)
+#: the scenarios of the documented table: (label, scenario)
 SCENARIOS: tuple[tuple[str, Scenario], ...] = (
     ("Δ = -δ, 5 seeds x 20 cases", Scenario(diff=-0.01)),
     ("Δ = -δ, 3 seeds x 15 cases", Scenario(diff=-0.01, seeds=3, cases=15)),
@@ -111,6 +111,8 @@ SCENARIOS: tuple[tuple[str, Scenario], ...] = (
     ("Δ = 0, 10 seeds x 2 folds x 20 cases", Scenario(diff=0.0, seeds=10, folds=2)),
     ("Δ = 0, 3 seeds x 15 cases", Scenario(diff=0.0, seeds=3, cases=15)),
     ("Δ = 0, 5 x 20, no shared case effect", Scenario(diff=0.0, shared_sd=0.0)),
+    ("Δ = 0, 3 seeds x 20 cases, seed noise dominant", Scenario(seeds=3, seed_sd=0.01, case_sd=0.002)),
+    ("Δ = -δ, 3 seeds x 20 cases, seed noise dominant", Scenario(diff=-0.01, seeds=3, seed_sd=0.01, case_sd=0.002)),
 )
 
 

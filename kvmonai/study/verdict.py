@@ -20,7 +20,7 @@ difference" cannot show. This module turns a finished study into one word per co
   (McCullagh 2000, "Resampling and exchangeable arrays"; Owen 2007, "The pigeonhole bootstrap"), so the interaction
   is ``V_both - V_seed - V_case`` and is taken out of the other two. The interval is
   ``diff ± sqrt(sum_i t(df_i)^2 v_i)`` over the three components, each with its own degrees of freedom (seeds
-  ``S - 1``, cases ``K - 1``, interaction their product, summed over folds), after Banerjee (1960): a percentile
+  ``S - 1``, cases ``K - 1``, interaction their product, summed over folds), after Banerjee (1961): a percentile
   interval, or one Satterthwaite df, is too narrow when the seed component dominates at three to five seeds.
 * **Verdict** at margin ``δ``, decided in this order from the two-sided ``1 - alpha`` interval: ``inferior``
   (upper bound < -δ), ``equivalent`` (the interval within ±δ), ``superior`` (lower bound > +δ), ``non-inferior``
@@ -423,7 +423,7 @@ def holm(pvalues: Sequence[float]) -> list[float]:
 def _half_width(parts: Sequence[tuple[float, float]], tail: float) -> float:
     """Half-width ``sqrt(sum_i t(df_i, 1 - tail)^2 v_i)`` of a variance that is a sum of components ``v_i``.
 
-    Each component ``v_i`` carries its own degrees of freedom ``df_i``, as in Banerjee's (1960) interval for a sum
+    Each component ``v_i`` carries its own degrees of freedom ``df_i``, as in Banerjee's (1961) interval for a sum
     of variances. With a single Satterthwaite df the interval undercovers when the component with few df (the
     seeds) dominates and is estimated low by chance (simulated: 89 % at three seeds for a nominal 95 %, against
     92 to 93 % with this interval; see docs/measured/verdict_simulation.md).
