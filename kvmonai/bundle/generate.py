@@ -15,12 +15,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from kvmonai.paths import bundle_name
 from kvmonai.utils import write_text_atomic
 
 __all__ = [
     "COMPLEXITY_TABLES",
     "TEMPLATE_DIR",
-    "bundle_name",
     "check_bundles",
     "recipe_values",
     "render_bundle",
@@ -36,11 +36,6 @@ COMPLEXITY_TABLES: dict[str, str] = {
 }
 #: files of a generated bundle that the generator owns (training outputs such as models/ and runs/ are not)
 _GENERATED_DIRS = ("configs", "docs")
-
-
-def bundle_name(arch: str, attention: str) -> str:
-    """Folder name of a bundle, e.g. ``setr_kv``."""
-    return f"{arch}_{attention}"
 
 
 def _fill(text: str, values: dict[str, str], source: Path) -> str:
