@@ -13,11 +13,17 @@ from torch import nn
 
 from kvmonai.utils import atomic_output
 
-__all__ = ["CheckpointError", "load_checkpoint", "load_weights", "save_atomic", "state_mismatch"]
+__all__ = ["CheckpointError", "load_checkpoint", "load_weights", "save_atomic", "state_mismatch", "unwrap_model"]
 
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, truncated, not a torch file or does not fit the model."""
+
+
+def unwrap_model(model: Any) -> Any:
+    """The module inside a ``DistributedDataParallel``/``DataParallel`` wrapper (its state dict has the plain keys),
+    or ``model`` itself."""
+    return model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:

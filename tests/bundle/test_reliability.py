@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from kvmonai.bundle.handlers import RunGuard, RunInUseError
+from kvmonai.bundle import RunGuard, RunInUseError
 from kvmonai.bundle.workflow import bundle_workflow
 
 
@@ -236,8 +236,8 @@ def test_bad_setting_on_the_command_line_is_one_line(prepared, copy_bundle, tmp_
 def test_resuming_another_architecture_says_so_briefly(tmp_path):
     import torch
 
+    from kvmonai.bundle import ResumeFromCheckpoint
     from kvmonai.bundle.checkpoint import CheckpointError
-    from kvmonai.bundle.handlers import ResumeFromCheckpoint
     from kvmonai.networks import create
 
     other = create("unetr", "kv", "tiny", img_size=64)
