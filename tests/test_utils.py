@@ -47,3 +47,18 @@ def test_flags_and_options():
     assert check_option("runtime", "torch", ("torch", "openvino")) == "torch"
     with pytest.raises(ValueError, match=r"runtime must be one of \('torch',\), got 'x'\. Pick one\."):
         check_option("runtime", "x", ("torch",), "Pick one.")
+
+
+def test_atomic_output_keeps_compound_suffixes_and_cleans_up(tmp_path):
+    from kvmonai.portable.files import TEMP_GLOB
+    from kvmonai.utils import atomic_output
+
+    with atomic_output(tmp_path / "label.nii.gz") as tmp:
+        assert tmp.name.startswith(".label.") and tmp.name.endswith(".tmp.nii.gz")  # writers read the format from it
+        assert list(tmp_path.glob(TEMP_GLOB)) == [tmp]
+        tmp.write_bytes(b"whole")
+    assert (tmp_path / "label.nii.gz").read_bytes() == b"whole" and not list(tmp_path.glob(TEMP_GLOB))
+    with pytest.raises(KeyboardInterrupt), atomic_output(tmp_path / "label.nii.gz") as tmp:
+        tmp.write_bytes(b"half")
+        raise KeyboardInterrupt
+    assert (tmp_path / "label.nii.gz").read_bytes() == b"whole" and not list(tmp_path.glob(TEMP_GLOB))

@@ -12,10 +12,10 @@ Volume ``[..., z]`` is the PNG of slice ``z + 1`` exactly as stored (``(H, W)`` 
 ``PLS``), with spacing (pixel height, pixel width, 3 mm).
 
 The run is safe to repeat and to interrupt: the whole source is validated before anything is written; every file
-is written to a hidden ``.NAME.part`` file in the same folder and renamed into place; a volume whose header records
-the fingerprint of its current source (names, sizes and modification times of its PNGs, or its RLE rows) and whose
-whole compressed stream reads back is not rewritten; leftover ``.part`` files of a killed run are removed; the
-source folder is only read.
+is written to a hidden temporary file in the same folder and renamed into place (:func:`kvmonai.utils.atomic_output`);
+a volume whose header records the fingerprint of its current source (names, sizes and modification times of its
+PNGs, or its RLE rows) and whose whole compressed stream reads back is not rewritten; leftover temporary files of a
+killed run are removed; the source folder is only read.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ import numpy as np
 
 from kvmonai.data.datalist import assign_folds
 from kvmonai.data.kaggle import CLASSES, KaggleDataset, Scan
+from kvmonai.portable.files import TEMP_GLOB
+from kvmonai.utils import atomic_output, write_text_atomic
 
 __all__ = [
     "FORMAT_VERSION",
@@ -55,7 +57,8 @@ FORMAT_VERSION = "kvmonai-prepare-1"
 IMAGE_DIR, LABEL_DIR = "imagesTr", "labelsTr"
 #: orientation code of the written volumes (nibabel ``aff2axcodes``)
 ORIENTATION = ("P", "L", "S")
-_PART = ".part"
+#: temporary files a killed run may leave: atomic_output's, and the ``.NAME.part`` files of older kvmonai versions
+_PARTIAL_GLOBS = (TEMP_GLOB, ".*.part")
 
 
 def kaggle_affine(spacing: Sequence[float]) -> np.ndarray:
@@ -90,8 +93,8 @@ def write_nifti(
 ) -> None:
     """Write a gzipped NIfTI-1 file atomically and reproducibly.
 
-    The data go to ``.NAME.part`` in the destination folder, which is renamed to ``NAME`` only when complete; on
-    any error (including ``KeyboardInterrupt``) the partial file is removed. The gzip header carries no time stamp,
+    The data go to a temporary file in the destination folder (:func:`kvmonai.utils.atomic_output`), which is
+    renamed to ``NAME`` only when complete; on any error (including ``KeyboardInterrupt``) it is removed. The gzip header carries no time stamp,
     so equal inputs give byte-identical files.
 
     Args:
@@ -118,17 +121,12 @@ def write_nifti(
     img.header.set_xyzt_units("mm")
     img.header["descrip"] = description.encode()
     img.header["aux_file"] = fingerprint.encode()
-    tmp = path.with_name(f".{path.name}{_PART}")
-    try:
-        with (
-            open(tmp, "wb") as raw,
-            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=compresslevel) as gz,
-        ):
-            img.to_file_map(img.make_file_map({"image": gz}))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with (
+        atomic_output(path) as tmp,
+        open(tmp, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=compresslevel) as gz,
+    ):
+        img.to_file_map(img.make_file_map({"image": gz}))
 
 
 def read_fingerprint(path: str | os.PathLike) -> str | None:
@@ -226,9 +224,10 @@ def _check_paths(src: Path, out: Path) -> None:
 
 def _remove_partials(*folders: Path) -> None:
     for folder in folders:
-        for p in folder.glob(f".*{_PART}"):
-            logger.info("removing leftover partial file %s", p)
-            p.unlink(missing_ok=True)
+        for pattern in _PARTIAL_GLOBS:
+            for p in folder.glob(pattern):
+                logger.info("removing leftover partial file %s", p)
+                p.unlink(missing_ok=True)
 
 
 def prepare_dataset(
@@ -352,9 +351,7 @@ def prepare_dataset(
         "training": entries,
     }
     dl_path = out / datalist_name
-    tmp = dl_path.with_name(f".{dl_path.name}{_PART}")
-    tmp.write_text(_datalist_json(datalist), encoding="utf-8")
-    os.replace(tmp, dl_path)
+    write_text_atomic(dl_path, _datalist_json(datalist))
     n_slices = sum(e["num_slices"] for e in entries)
     n_ne = sum(len(e["nonempty_slices"]) for e in entries)
     logger.info("%d volumes written, %d up to date; datalist %s", written, skipped, dl_path)

@@ -35,7 +35,7 @@ import numpy as np
 from kvmonai.data.kaggle import CLASSES, CSV_HEADER, format_slice_filename, slice_id
 from kvmonai.data.phantom import ScanSpec, generate_scan, iter_scan_slices
 from kvmonai.data.rle import rle_encode
-from kvmonai.utils import csv_text, write_text_atomic
+from kvmonai.utils import atomic_output, csv_text, write_text_atomic
 
 # ScanSpec, generate_scan and iter_scan_slices live in kvmonai.data.phantom; they stay importable from here
 __all__ = [
@@ -177,9 +177,8 @@ def _write_png(path: Path, arr: np.ndarray, compress_level: int) -> None:
 
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG", compress_level=compress_level)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
 
 
 def _write_scan(root: Path, spec: ScanSpec, compress_level: int) -> tuple[list[tuple[str, str, str]], int, list[int]]:
