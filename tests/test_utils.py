@@ -62,3 +62,12 @@ def test_atomic_output_keeps_compound_suffixes_and_cleans_up(tmp_path):
         tmp.write_bytes(b"half")
         raise KeyboardInterrupt
     assert (tmp_path / "label.nii.gz").read_bytes() == b"whole" and not list(tmp_path.glob(TEMP_GLOB))
+
+
+def test_short_list_shows_the_first_items_and_counts_the_rest():
+    from kvmonai.utils import short_list
+
+    assert short_list([]) == "none" and short_list([], empty="") == ""
+    assert short_list(["a", "b"]) == "a, b"
+    assert short_list(range(7), 3) == "0, 1, 2 (+4 more)"
+    assert short_list(iter(["x", "y", "z"]), 2, sep="; ") == "x; y (+1 more)"

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kvmonai.utils import atomic_output
+from kvmonai.utils import atomic_output, short_list
 
 __all__ = ["CheckpointError", "load_checkpoint", "load_weights", "save_atomic", "state_mismatch", "unwrap_model"]
 
@@ -99,11 +99,8 @@ def state_mismatch(model: torch.nn.Module, state: Mapping[str, Any]) -> str | No
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
 
-    def show(keys: list[str]) -> str:
-        return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
-
     parts = [
-        f"{label}: {show(keys)}"
+        f"{label}: {short_list(keys, 4)}"
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
         if keys
     ]

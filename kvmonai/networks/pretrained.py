@@ -60,6 +60,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kvmonai.utils import short_list
+
 __all__ = [
     "FORMATS",
     "LoadReport",
@@ -76,13 +78,6 @@ FORMATS: tuple[str, ...] = ("google_npz", "timm_vit", "monai_vit", "monai_swin",
 
 class PretrainedError(ValueError):
     """A pretrained-weights file cannot be read, is of an unknown layout, or does not fit the target network."""
-
-
-def _show(keys: list[str], n: int = 5) -> str:
-    keys = sorted(keys)
-    if not keys:
-        return "none"
-    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
 
 
 @dataclass
@@ -128,7 +123,7 @@ class LoadReport:
             f"{self.encoder_fraction:.1%} of the encoder's parameters loaded",
             f"{'':12s} {'count':>5s}  tensors",
         ]
-        lines += [f"{name:12s} {len(keys):5d}  {_show(list(keys), 3)}" for name, keys in rows]
+        lines += [f"{name:12s} {len(keys):5d}  {short_list(sorted(keys), 3)}" for name, keys in rows]
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -224,8 +219,8 @@ def _detect(state: Mapping[str, torch.Tensor], own: list[dict[str, tuple[int, ..
     if timm_target:
         return "timm"
     raise PretrainedError(
-        f"unknown weights layout (first keys: {_show(list(keys))}); readable are Google ViT .npz, timm ViT, MONAI "
-        "ViT/UNETR and SwinUNETR state dicts, timm state dicts for timm backbones, and kvmonai models."
+        f"unknown weights layout (first keys: {short_list(sorted(keys))}); readable are Google ViT .npz, timm ViT, "
+        "MONAI ViT/UNETR and SwinUNETR state dicts, timm state dicts for timm backbones, and kvmonai models."
     )
 
 
@@ -869,14 +864,15 @@ def load_pretrained(
     if strict and (report.missing or report.unexpected):
         raise PretrainedError(
             f"pretrained weights {path} ({fmt}) do not fill {type(network).__name__} exactly: "
-            f"missing {_show(report.missing)}; unexpected {_show(report.unexpected)}. Pass strict=False "
-            "(bundles: pretrained_strict false) to load what fits."
+            f"missing {short_list(sorted(report.missing))}; unexpected {short_list(sorted(report.unexpected))}. "
+            "Pass strict=False (bundles: pretrained_strict false) to load what fits."
         )
     if report.encoder_fraction < min_fraction:
         raise PretrainedError(
             f"pretrained weights {path} ({fmt}) fill only {report.encoder_fraction:.1%} of "
-            f"{type(network).__name__}'s encoder (less than {min_fraction:.0%}): missing {_show(report.missing)}; "
-            f"unexpected {_show(report.unexpected)}. Is it the right file for this architecture?"
+            f"{type(network).__name__}'s encoder (less than {min_fraction:.0%}): "
+            f"missing {short_list(sorted(report.missing))}; unexpected {short_list(sorted(report.unexpected))}. "
+            "Is it the right file for this architecture?"
         )
     with torch.no_grad():
         own = into.state_dict()
