@@ -94,8 +94,8 @@ def write_nifti(
     """Write a gzipped NIfTI-1 file atomically and reproducibly.
 
     The data go to a temporary file in the destination folder (:func:`kvmonai.utils.atomic_output`), which is
-    renamed to ``NAME`` only when complete; on any error (including ``KeyboardInterrupt``) it is removed. The gzip header carries no time stamp,
-    so equal inputs give byte-identical files.
+    renamed to ``NAME`` only when complete; on any error (including ``KeyboardInterrupt``) it is removed. The gzip
+    header carries no time stamp, so equal inputs give byte-identical files.
 
     Args:
         path: destination, ending in ``.nii.gz``.
@@ -230,6 +230,72 @@ def _remove_partials(*folders: Path) -> None:
                 p.unlink(missing_ok=True)
 
 
+def _write_scan(
+    dataset: KaggleDataset, scan: Scan, img_dir: Path, lab_dir: Path, compresslevel: int
+) -> tuple[dict[str, Any], int]:
+    """Write the image and label volumes of ``scan`` unless they are up to date; its datalist entry and how many
+    of the two files were written."""
+    affine = kaggle_affine(scan.spacing)
+    img_path, lab_path = img_dir / f"{scan.id}.nii.gz", lab_dir / f"{scan.id}.nii.gz"
+    written = 0
+    fp = _fingerprint("image", scan, dataset)
+    if not _up_to_date(img_path, fp):
+        image = dataset.load_image(scan)
+        write_nifti(img_path, image, affine, f"{FORMAT_VERSION} {scan.id} image uint16 HxWxD", fp, compresslevel)
+        del image
+        written += 1
+    fp = _fingerprint("label", scan, dataset)
+    if not _up_to_date(lab_path, fp):
+        label = dataset.load_label(scan)
+        write_nifti(lab_path, label, affine, "ch0 large_bowel ch1 small_bowel ch2 stomach (0/1)", fp, compresslevel)
+        del label
+        written += 1
+    presence = dataset.slice_presence(scan)  # (D, 3), from the csv alone
+    entry = {
+        "image": f"{IMAGE_DIR}/{img_path.name}",
+        "label": f"{LABEL_DIR}/{lab_path.name}",
+        "id": scan.id,
+        "case": scan.case,
+        "day": scan.day,
+        "num_slices": scan.depth,
+        "shape": list(scan.shape),
+        "spacing": list(scan.spacing),
+        "nonempty_slices": np.flatnonzero(presence.any(axis=1)).tolist(),
+        "class_slices": presence.sum(axis=0).tolist(),
+    }
+    return entry, written
+
+
+def _assign_folds(entries: list[dict[str, Any]], num_folds: int, seed: int) -> list[dict[str, Any]]:
+    """Set every entry's ``fold`` (folds grouped by case, balanced in empty and non-empty slices); the folds' stats."""
+    groups: dict[int, list[int]] = {}
+    for e in entries:
+        n_ne = len(e["nonempty_slices"])
+        g = groups.setdefault(e["case"], [0, 0])
+        g[0] += e["num_slices"] - n_ne
+        g[1] += n_ne
+    folds = assign_folds(groups, num_folds=num_folds, seed=seed)
+    if len(groups) < num_folds:
+        logger.warning("only %d cases for %d folds: some folds are empty", len(groups), num_folds)
+    for e in entries:
+        e["fold"] = folds[e["case"]]
+    fold_stats = []
+    for f in range(num_folds):
+        members = [e for e in entries if e["fold"] == f]
+        n = sum(e["num_slices"] for e in members)
+        ne = sum(len(e["nonempty_slices"]) for e in members)
+        fold_stats.append(
+            {
+                "fold": f,
+                "cases": len({e["case"] for e in members}),
+                "scans": len(members),
+                "slices": n,
+                "nonempty_fraction": round(ne / n, 4) if n else None,
+            }
+        )
+    return fold_stats
+
+
 def prepare_dataset(
     src: str | os.PathLike,
     out: str | os.PathLike,
@@ -277,66 +343,11 @@ def prepare_dataset(
     bar = tqdm(dataset.scans, unit="scan", desc="prepare", disable=not progress)
     for scan in bar:
         bar.set_postfix_str(scan.id, refresh=False)
-        affine = kaggle_affine(scan.spacing)
-        img_path, lab_path = img_dir / f"{scan.id}.nii.gz", lab_dir / f"{scan.id}.nii.gz"
-        fp = _fingerprint("image", scan, dataset)
-        if _up_to_date(img_path, fp):
-            skipped += 1
-        else:
-            image = dataset.load_image(scan)
-            write_nifti(img_path, image, affine, f"{FORMAT_VERSION} {scan.id} image uint16 HxWxD", fp, compresslevel)
-            del image
-            written += 1
-        fp = _fingerprint("label", scan, dataset)
-        if _up_to_date(lab_path, fp):
-            skipped += 1
-        else:
-            label = dataset.load_label(scan)
-            write_nifti(lab_path, label, affine, "ch0 large_bowel ch1 small_bowel ch2 stomach (0/1)", fp, compresslevel)
-            del label
-            written += 1
-        presence = dataset.slice_presence(scan)  # (D, 3), from the csv alone
-        entries.append(
-            {
-                "image": f"{IMAGE_DIR}/{img_path.name}",
-                "label": f"{LABEL_DIR}/{lab_path.name}",
-                "id": scan.id,
-                "case": scan.case,
-                "day": scan.day,
-                "num_slices": scan.depth,
-                "shape": list(scan.shape),
-                "spacing": list(scan.spacing),
-                "nonempty_slices": np.flatnonzero(presence.any(axis=1)).tolist(),
-                "class_slices": presence.sum(axis=0).tolist(),
-            }
-        )
+        entry, n_written = _write_scan(dataset, scan, img_dir, lab_dir, compresslevel)
+        entries.append(entry)
+        written, skipped = written + n_written, skipped + 2 - n_written
     bar.close()
-
-    groups: dict[int, list[int]] = {}
-    for e in entries:
-        n_ne = len(e["nonempty_slices"])
-        g = groups.setdefault(e["case"], [0, 0])
-        g[0] += e["num_slices"] - n_ne
-        g[1] += n_ne
-    folds = assign_folds(groups, num_folds=num_folds, seed=seed)
-    if len(groups) < num_folds:
-        logger.warning("only %d cases for %d folds: some folds are empty", len(groups), num_folds)
-    for e in entries:
-        e["fold"] = folds[e["case"]]
-    fold_stats = []
-    for f in range(num_folds):
-        members = [e for e in entries if e["fold"] == f]
-        n = sum(e["num_slices"] for e in members)
-        ne = sum(len(e["nonempty_slices"]) for e in members)
-        fold_stats.append(
-            {
-                "fold": f,
-                "cases": len({e["case"] for e in members}),
-                "scans": len(members),
-                "slices": n,
-                "nonempty_fraction": round(ne / n, 4) if n else None,
-            }
-        )
+    fold_stats = _assign_folds(entries, num_folds, seed)
     datalist = {
         "name": "UW-Madison GI Tract Image Segmentation (kvmonai prepare)",
         "format": FORMAT_VERSION,
