@@ -225,6 +225,29 @@ class SynthSummary:
     class_slices: tuple[int, int, int]
 
 
+def _write_scans(
+    root: Path, specs: Sequence[ScanSpec], workers: int, compress_level: int, progress: bool
+) -> list[tuple[list[tuple[str, str, str]], int, list[int]] | None]:
+    """:func:`_write_scan` for every spec, in ``workers`` processes; the results in the order of ``specs``."""
+    from tqdm.auto import tqdm
+
+    results: list[tuple[list[tuple[str, str, str]], int, list[int]] | None] = [None] * len(specs)
+    with tqdm(total=sum(s.depth for s in specs), unit="slice", desc="synth", disable=not progress) as bar:
+        if workers == 1:
+            for i, spec in enumerate(specs):
+                results[i] = _write_scan(root, spec, compress_level)
+                bar.update(spec.depth)
+        else:
+            # spawn, not fork: the parent may hold threads (tqdm, torch) whose locks a forked child would inherit
+            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = {pool.submit(_write_scan, root, spec, compress_level): i for i, spec in enumerate(specs)}
+                for fut in as_completed(futures):
+                    i = futures[fut]
+                    results[i] = fut.result()
+                    bar.update(specs[i].depth)
+    return results
+
+
 def write_synthetic_dataset(
     out: str | os.PathLike,
     cases: int = 3,
@@ -270,24 +293,7 @@ def write_synthetic_dataset(
     specs = plan_dataset(cases=cases, seed=seed, days=days, slices=slices, scale=scale)
     root.mkdir(parents=True, exist_ok=True)
     total = sum(s.depth for s in specs)
-    results: list[tuple[list[tuple[str, str, str]], int, list[int]] | None] = [None] * len(specs)
-
-    from tqdm.auto import tqdm
-
-    with tqdm(total=total, unit="slice", desc="synth", disable=not progress) as bar:
-        if workers == 1:
-            for i, spec in enumerate(specs):
-                results[i] = _write_scan(root, spec, compress_level)
-                bar.update(spec.depth)
-        else:
-            # spawn, not fork: the parent may hold threads (tqdm, torch) whose locks a forked child would inherit
-            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-                futures = {pool.submit(_write_scan, root, spec, compress_level): i for i, spec in enumerate(specs)}
-                for fut in as_completed(futures):
-                    i = futures[fut]
-                    results[i] = fut.result()
-                    bar.update(specs[i].depth)
-
+    results = _write_scans(root, specs, workers, compress_level, progress)
     nonempty, per_class = 0, [0, 0, 0]
     for res in results:
         assert res is not None
