@@ -45,6 +45,27 @@ def test_second_writer_is_refused_at_once_and_touches_nothing(tmp_path):
     RunGuard(str(run), resume=True).started(_Engine())  # free again once the first one ended
 
 
+def test_the_configs_run_lock_is_the_one_the_guard_holds(tmp_path):
+    from kvmonai.bundle import RunLock
+
+    run = tmp_path / "run"
+    lock = RunLock(str(run)).acquire()  # train.json's run_lock, taken in initialize
+    guard = RunGuard(str(run), lock=lock)
+    guard.started(_Engine())  # adopts it: no second flock of its own, which would refuse this very run
+    assert guard.lock is lock and lock.held
+    with pytest.raises(RunInUseError, match="is being written by another training"):
+        RunLock(str(run)).acquire()
+    guard.release()
+    assert not lock.held
+    lock.release()  # finalize releases again: nothing happens
+    with RunLock(str(run)) as again:
+        assert again.held
+    with pytest.raises(ValueError, match="the lock guards .*run, not output_dir"):
+        RunGuard(str(tmp_path / "other"), lock=RunLock(str(run)))
+    off = RunLock(str(tmp_path / "rank1"), enabled=False).acquire()  # other ranks of a distributed run
+    assert not off.held and not (tmp_path / "rank1").exists()
+
+
 def test_fresh_run_moves_earlier_outputs_aside_and_closes_killed_mlflow_run(tmp_path):
     run, model = tmp_path / "run", tmp_path / "models" / "model.pt"
     run.mkdir()
