@@ -27,6 +27,7 @@ __all__ = [
     "markdown_table",
     "pyplot",
     "save_figure",
+    "short_list",
     "write_text_atomic",
 ]
 
@@ -58,6 +59,22 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         f.write(text)
     return Path(path)
+
+
+def short_list(items: Iterable[Any], limit: int = 5, sep: str = ", ", empty: str = "none") -> str:
+    """The first ``limit`` of ``items`` joined by ``sep``, then ``(+N more)``: how messages list keys, files or ids
+    that may run into thousands (a ViT's state dict has hundreds of keys).
+
+    Args:
+        items: what to list (written with ``str``), in the order given.
+        limit: how many to show.
+        sep: the separator.
+        empty: the text when there are none.
+    """
+    shown = [str(i) for i in items]
+    if not shown:
+        return empty
+    return sep.join(shown[:limit]) + (f" (+{len(shown) - limit} more)" if len(shown) > limit else "")
 
 
 def csv_text(rows: Iterable[Mapping[str, Any]], fields: Sequence[str] | None = None) -> str:

@@ -47,3 +47,27 @@ def test_flags_and_options():
     assert check_option("runtime", "torch", ("torch", "openvino")) == "torch"
     with pytest.raises(ValueError, match=r"runtime must be one of \('torch',\), got 'x'\. Pick one\."):
         check_option("runtime", "x", ("torch",), "Pick one.")
+
+
+def test_atomic_output_keeps_compound_suffixes_and_cleans_up(tmp_path):
+    from kvmonai.portable.files import TEMP_GLOB
+    from kvmonai.utils import atomic_output
+
+    with atomic_output(tmp_path / "label.nii.gz") as tmp:
+        assert tmp.name.startswith(".label.") and tmp.name.endswith(".tmp.nii.gz")  # writers read the format from it
+        assert list(tmp_path.glob(TEMP_GLOB)) == [tmp]
+        tmp.write_bytes(b"whole")
+    assert (tmp_path / "label.nii.gz").read_bytes() == b"whole" and not list(tmp_path.glob(TEMP_GLOB))
+    with pytest.raises(KeyboardInterrupt), atomic_output(tmp_path / "label.nii.gz") as tmp:
+        tmp.write_bytes(b"half")
+        raise KeyboardInterrupt
+    assert (tmp_path / "label.nii.gz").read_bytes() == b"whole" and not list(tmp_path.glob(TEMP_GLOB))
+
+
+def test_short_list_shows_the_first_items_and_counts_the_rest():
+    from kvmonai.utils import short_list
+
+    assert short_list([]) == "none" and short_list([], empty="") == ""
+    assert short_list(["a", "b"]) == "a, b"
+    assert short_list(range(7), 3) == "0, 1, 2 (+4 more)"
+    assert short_list(iter(["x", "y", "z"]), 2, sep="; ") == "x; y (+1 more)"

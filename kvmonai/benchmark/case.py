@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kvmonai.paths import bundle_name, bundles_dir
 from kvmonai.utils import as_flag, write_text_atomic
 
 __all__ = ["SETTINGS", "CaseResult", "benchmark_case", "synthetic_case"]
@@ -84,7 +85,7 @@ def _run_bundle(
     root: Path, case: Path, out_dir: Path, preset: str, size: int, device: str, options: dict[str, object]
 ) -> tuple[float, float, dict[str, object]]:
     """Run the inference workflow of bundle ``root`` on ``case``: setup seconds, run seconds, resolved settings."""
-    from kvmonai.bundle.workflow import bundle_workflow
+    from kvmonai.bundle.workflow import bundle_workflow, device_overrides
 
     shutil.rmtree(out_dir, ignore_errors=True)
     start = time.perf_counter()
@@ -98,7 +99,7 @@ def _run_bundle(
         output_dir=str(out_dir),
         preset=preset,
         img_size=size,
-        device=device,
+        **device_overrides(device),
         **{"inferer#progress": False},
         **options,
     )
@@ -152,7 +153,7 @@ def benchmark_case(
     preset: str = "paper",
     settings: Sequence[str] = ("fp32", "fast"),
     workdir: str | os.PathLike = "results/benchmark/case",
-    bundles: str | os.PathLike = "bundles",
+    bundles: str | os.PathLike | None = None,
     slices: int = 144,
     device: str = "cpu",
     progress: bool = True,
@@ -168,7 +169,7 @@ def benchmark_case(
         preset: network sizes (``"paper"``: 224 x 224 inputs).
         settings: names from :data:`SETTINGS`; the first is the reference of ``speedup`` and the mask agreement.
         workdir: scratch folder (the case, bundle copies, predictions).
-        bundles: folder of the generated bundles.
+        bundles: folder of the generated bundles (default: :func:`kvmonai.paths.bundles_dir`).
         slices: slices of the synthetic scan.
         device: ``"cpu"`` or a CUDA device.
         progress: show a tqdm progress bar.
@@ -196,8 +197,8 @@ def benchmark_case(
     results: list[CaseResult] = []
     bar = tqdm(total=len(archs) * len(settings), unit="run", desc="whole case", disable=not progress)
     for arch in archs:
-        name = f"{arch}_{attention}"
-        source = Path(bundles) / name
+        name = bundle_name(arch, attention)
+        source = Path(bundles if bundles is not None else bundles_dir()) / name
         if not (source / "configs" / "inference.json").is_file():
             raise FileNotFoundError(f"bundle {source} not found; run `python scripts/make_bundles.py`.")
         root = work / "bundles" / name

@@ -7,6 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from kvmonai.paths import bundles_dir
 from kvmonai.utils import int_list
 
 __all__ = ["add_arguments", "run"]
@@ -52,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--case-slices", type=int, default=144, help="case suite: slices (default: 144)")
     parser.add_argument("--out", type=Path, default=Path("results/benchmark"), help="output folder "
                         "(default: results/benchmark)")  # fmt: skip
-    parser.add_argument("--bundles", type=Path, default=None, help="bundles folder (default: the repository's)")
+    parser.add_argument("--bundles", type=Path, default=None, help="bundles folder (default: "
+                        "$KVMONAI_BUNDLES, else the checkout's bundles/)")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
                 )
             ]  # fmt: skip
     if "case" in args.suites:
-        bundles = args.bundles or Path(__file__).resolve().parents[2] / "bundles"
+        bundles = args.bundles or bundles_dir()
         for variant in args.case_attention:
             archs = [a for a in args.archs if variant in attentions_for(a)]
             case += [

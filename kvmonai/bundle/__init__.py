@@ -1,25 +1,25 @@
-"""Runtime pieces of the kvmonai MONAI bundles (handlers, checkpoints) and the bundle generator."""
+"""Runtime pieces of the kvmonai MONAI bundles and the bundle generator.
+
+One module per idea: :mod:`~kvmonai.bundle.checkpoint` (checkpoint files), :mod:`~kvmonai.bundle.training`
+(training-state handlers: epoch checkpoints, resume, best model, last-epoch validation),
+:mod:`~kvmonai.bundle.run_folder` (the run folder's lock and guard), :mod:`~kvmonai.bundle.recording` (settings,
+metrics CSV, curves), :mod:`~kvmonai.bundle.loaders` (weights and inference rewrites at engine start),
+:mod:`~kvmonai.bundle.settings`, :mod:`~kvmonai.bundle.evaluation`, :mod:`~kvmonai.bundle.workflow`, and the
+generator (:mod:`~kvmonai.bundle.generate`, :mod:`~kvmonai.bundle.readme`). Bundle configs name these classes as
+``kvmonai.bundle.<Name>``.
+"""
 
 from kvmonai.bundle.checkpoint import CheckpointError, load_checkpoint, load_weights, save_atomic
 from kvmonai.bundle.evaluation import EvaluationReport
-from kvmonai.bundle.handlers import (
-    BestModelSaver,
-    EpochCheckpoint,
-    OptimizeForInference,
-    PretrainedLoader,
-    ResumeFromCheckpoint,
-    RunGuard,
-    RunInUseError,
-    RunRecorder,
-    ValidationHandler,
-    WeightsLoader,
-    lock_run_folder,
-    release_run_folder,
-)
+from kvmonai.bundle.loaders import OptimizeForInference, PretrainedLoader, WeightsLoader
+from kvmonai.bundle.recording import RunRecorder, read_metrics_csv
+from kvmonai.bundle.run_folder import RUN_OUTPUTS, RunGuard, RunInUseError, RunLock, move_aside
 from kvmonai.bundle.settings import SettingsError, check_train_settings
-from kvmonai.bundle.workflow import bundle_workflow
+from kvmonai.bundle.training import BestModelSaver, EpochCheckpoint, ResumeFromCheckpoint, ValidationHandler
+from kvmonai.bundle.workflow import bundle_workflow, device_overrides
 
 __all__ = [
+    "RUN_OUTPUTS",
     "BestModelSaver",
     "CheckpointError",
     "EpochCheckpoint",
@@ -29,15 +29,17 @@ __all__ = [
     "ResumeFromCheckpoint",
     "RunGuard",
     "RunInUseError",
+    "RunLock",
     "RunRecorder",
     "SettingsError",
     "ValidationHandler",
     "WeightsLoader",
     "bundle_workflow",
     "check_train_settings",
+    "device_overrides",
     "load_checkpoint",
     "load_weights",
-    "lock_run_folder",
-    "release_run_folder",
+    "move_aside",
+    "read_metrics_csv",
     "save_atomic",
 ]

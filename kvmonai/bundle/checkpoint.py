@@ -11,13 +11,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from kvmonai.utils import atomic_output
+from kvmonai.utils import atomic_output, short_list
 
-__all__ = ["CheckpointError", "load_checkpoint", "load_weights", "save_atomic", "state_mismatch"]
+__all__ = ["CheckpointError", "load_checkpoint", "load_weights", "save_atomic", "state_mismatch", "unwrap_model"]
 
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, truncated, not a torch file or does not fit the model."""
+
+
+def unwrap_model(model: Any) -> Any:
+    """The module inside a ``DistributedDataParallel``/``DataParallel`` wrapper (its state dict has the plain keys),
+    or ``model`` itself."""
+    return model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
@@ -93,11 +99,8 @@ def state_mismatch(model: torch.nn.Module, state: Mapping[str, Any]) -> str | No
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
 
-    def show(keys: list[str]) -> str:
-        return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
-
     parts = [
-        f"{label}: {show(keys)}"
+        f"{label}: {short_list(keys, 4)}"
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
         if keys
     ]

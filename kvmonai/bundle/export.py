@@ -152,7 +152,7 @@ def exported_inference_config(config: Mapping[str, Any], values: Mapping[str, An
     """
     cfg = copy.deepcopy(dict(config))
     for key, value in values.items():
-        if key in cfg and key not in (*_RUNTIME_IDS, "weights", "bundle_root", "device"):
+        if key in cfg and key not in (*_RUNTIME_IDS, "weights", "bundle_root", "device", "device_name"):
             cfg[key] = value
     cfg["imports"] = [i for i in cfg.get("imports", []) if not re.search(r"\bkvmonai\b", str(i))]
     for key in _RUNTIME_IDS:

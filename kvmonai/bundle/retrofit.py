@@ -86,7 +86,7 @@ def convert_qkv_model(
 
 def _metrics(run_dir: Path) -> list[dict[str, float]]:
     """The validated epochs of a run, as numbers."""
-    from kvmonai.bundle.handlers import read_metrics_csv
+    from kvmonai.bundle import read_metrics_csv
 
     return [
         {k: float(v) for k, v in row.items() if v not in ("", None)}

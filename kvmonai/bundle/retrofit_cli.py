@@ -13,6 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
+from kvmonai.paths import find_bundle
 from kvmonai.utils import add_override_argument, bounded_int
 
 __all__ = ["add_arguments", "run"]
@@ -21,12 +22,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _bundle(text: str) -> Path:
-    path = Path(text)
-    if not path.is_dir() and (REPO / "bundles" / text).is_dir():
-        path = REPO / "bundles" / text
-    if not (path / "configs" / "train.json").is_file():
-        raise argparse.ArgumentTypeError(f"{text} is neither a bundle folder nor a bundle name under bundles/.")
-    return path
+    try:
+        return find_bundle(text, "train.json")
+    except FileNotFoundError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     """Convert and fine-tune (or measure); returns 0, or 2 for weights or a bundle that do not fit."""
     import torch
 
+    from kvmonai.bundle import device_overrides
     from kvmonai.bundle.retrofit import RetrofitError, convert_qkv_model, measure_retrofit, train_bundle
     from kvmonai.networks.pretrained import PretrainedError
 
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if args.data is not None:
         overrides["datalist"] = str(args.data.resolve())
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    overrides.setdefault("device", f"$torch.device('{device}')")
+    overrides = {**device_overrides(device), **overrides}
     out = (args.out or REPO / "results" / f"retrofit_{args.bundle.name}").resolve()
     try:
         if args.measure:

@@ -1,4 +1,5 @@
-"""Open a kvmonai bundle as a MONAI ``ConfigWorkflow``, the class ``python -m monai.bundle run`` uses."""
+"""Open a kvmonai bundle as a MONAI ``ConfigWorkflow`` (the class ``python -m monai.bundle run`` uses), and the
+overrides that choose its device."""
 
 from __future__ import annotations
 
@@ -7,7 +8,32 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["bundle_workflow"]
+__all__ = ["DEVICE_ID", "bundle_workflow", "device_overrides"]
+
+#: the config id of the device a kvmonai bundle runs on, a plain name (its ``device`` is ``torch.device(@device_name)``)
+DEVICE_ID = "device_name"
+
+
+def device_overrides(device: Any) -> dict[str, str]:
+    """The config overrides that run a kvmonai bundle on ``device``, e.g. ``{"device_name": "cuda:1"}``.
+
+    The bundles hold the device as a plain name (``device_name``; by default CUDA when available, else the CPU) and
+    turn it into their ``device`` once (``"device": "$torch.device(@device_name)"``), so an override is a value,
+    not code.
+
+    Args:
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a ``torch.device``.
+
+    Raises:
+        ValueError: when torch does not read ``device`` as a device.
+    """
+    import torch
+
+    try:
+        name = str(torch.device(device))
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r} ({e}).") from None
+    return {DEVICE_ID: name}
 
 
 def bundle_workflow(

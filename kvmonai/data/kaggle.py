@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from kvmonai.data.rle import RLEError, parse_rle, rle_decode, rle_end
+from kvmonai.utils import short_list
 
 __all__ = [
     "CLASSES",
@@ -266,7 +267,7 @@ def _scan_from_folder(case: int, day: int, scans_dir: Path) -> Scan:
     if missing:
         raise KaggleFormatError(
             f"{scans_dir}: slices must be numbered 1..{indices[-1]} without gaps, missing "
-            f"{', '.join(f'{i:04d}' for i in missing[:_MAX_LISTED])}{' ...' if len(missing) > _MAX_LISTED else ''}; "
+            f"{short_list((f'{i:04d}' for i in missing), _MAX_LISTED)}; "
             "restore the missing PNGs."
         )
     slices = tuple(files[i] for i in indices)
@@ -539,11 +540,6 @@ def read_train_csv(path: str | os.PathLike) -> TrainLabels:
     return TrainLabels(path, rows)
 
 
-def _listing(items: Sequence[str]) -> str:
-    more = f" (and {len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
-    return "; ".join(items[:_MAX_LISTED]) + more
-
-
 class KaggleDataset:
     """A validated Kaggle-layout folder: the scans of ``ROOT/train`` and, when present, their labels.
 
@@ -588,8 +584,9 @@ class KaggleDataset:
                 labels.check_fits(key, s.name.shape, s.path)
         if orphans:
             raise KaggleFormatError(
-                f"{len(orphans)} PNG file(s) have no rows in {labels.path}: {_listing(orphans)}. Add three rows per "
-                "slice (large_bowel, small_bowel, stomach; empty segmentation when absent) or remove the PNGs."
+                f"{len(orphans)} PNG file(s) have no rows in {labels.path}: "
+                f"{short_list(orphans, _MAX_LISTED, sep='; ')}. Add three rows per slice (large_bowel, small_bowel, "
+                "stomach; empty segmentation when absent) or remove the PNGs."
             )
         missing = [k for k in labels if k not in seen]
         if missing:
@@ -601,8 +598,8 @@ class KaggleDataset:
                     f"{self.root}/train/case{c}/case{c}_day{d}/scans/slice_{i:04d}_W_H_PW_PH.png)"
                 )
             raise KaggleFormatError(
-                f"{len(missing)} id(s) in {labels.path} have no PNG: {_listing(msgs)}. Restore the images or delete "
-                "their csv rows."
+                f"{len(missing)} id(s) in {labels.path} have no PNG: {short_list(msgs, _MAX_LISTED, sep='; ')}. "
+                "Restore the images or delete their csv rows."
             )
 
     def __len__(self) -> int:

@@ -12,10 +12,10 @@ Volume ``[..., z]`` is the PNG of slice ``z + 1`` exactly as stored (``(H, W)`` 
 ``PLS``), with spacing (pixel height, pixel width, 3 mm).
 
 The run is safe to repeat and to interrupt: the whole source is validated before anything is written; every file
-is written to a hidden ``.NAME.part`` file in the same folder and renamed into place; a volume whose header records
-the fingerprint of its current source (names, sizes and modification times of its PNGs, or its RLE rows) and whose
-whole compressed stream reads back is not rewritten; leftover ``.part`` files of a killed run are removed; the
-source folder is only read.
+is written to a hidden temporary file in the same folder and renamed into place (:func:`kvmonai.utils.atomic_output`);
+a volume whose header records the fingerprint of its current source (names, sizes and modification times of its
+PNGs, or its RLE rows) and whose whole compressed stream reads back is not rewritten; leftover temporary files of a
+killed run are removed; the source folder is only read.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ import numpy as np
 
 from kvmonai.data.datalist import assign_folds
 from kvmonai.data.kaggle import CLASSES, KaggleDataset, Scan
+from kvmonai.portable.files import TEMP_GLOB
+from kvmonai.utils import atomic_output, write_text_atomic
 
 __all__ = [
     "FORMAT_VERSION",
@@ -55,7 +57,8 @@ FORMAT_VERSION = "kvmonai-prepare-1"
 IMAGE_DIR, LABEL_DIR = "imagesTr", "labelsTr"
 #: orientation code of the written volumes (nibabel ``aff2axcodes``)
 ORIENTATION = ("P", "L", "S")
-_PART = ".part"
+#: temporary files a killed run may leave: atomic_output's, and the ``.NAME.part`` files of older kvmonai versions
+_PARTIAL_GLOBS = (TEMP_GLOB, ".*.part")
 
 
 def kaggle_affine(spacing: Sequence[float]) -> np.ndarray:
@@ -90,9 +93,9 @@ def write_nifti(
 ) -> None:
     """Write a gzipped NIfTI-1 file atomically and reproducibly.
 
-    The data go to ``.NAME.part`` in the destination folder, which is renamed to ``NAME`` only when complete; on
-    any error (including ``KeyboardInterrupt``) the partial file is removed. The gzip header carries no time stamp,
-    so equal inputs give byte-identical files.
+    The data go to a temporary file in the destination folder (:func:`kvmonai.utils.atomic_output`), which is
+    renamed to ``NAME`` only when complete; on any error (including ``KeyboardInterrupt``) it is removed. The gzip
+    header carries no time stamp, so equal inputs give byte-identical files.
 
     Args:
         path: destination, ending in ``.nii.gz``.
@@ -118,17 +121,12 @@ def write_nifti(
     img.header.set_xyzt_units("mm")
     img.header["descrip"] = description.encode()
     img.header["aux_file"] = fingerprint.encode()
-    tmp = path.with_name(f".{path.name}{_PART}")
-    try:
-        with (
-            open(tmp, "wb") as raw,
-            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=compresslevel) as gz,
-        ):
-            img.to_file_map(img.make_file_map({"image": gz}))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with (
+        atomic_output(path) as tmp,
+        open(tmp, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=compresslevel) as gz,
+    ):
+        img.to_file_map(img.make_file_map({"image": gz}))
 
 
 def read_fingerprint(path: str | os.PathLike) -> str | None:
@@ -226,9 +224,76 @@ def _check_paths(src: Path, out: Path) -> None:
 
 def _remove_partials(*folders: Path) -> None:
     for folder in folders:
-        for p in folder.glob(f".*{_PART}"):
-            logger.info("removing leftover partial file %s", p)
-            p.unlink(missing_ok=True)
+        for pattern in _PARTIAL_GLOBS:
+            for p in folder.glob(pattern):
+                logger.info("removing leftover partial file %s", p)
+                p.unlink(missing_ok=True)
+
+
+def _write_scan(
+    dataset: KaggleDataset, scan: Scan, img_dir: Path, lab_dir: Path, compresslevel: int
+) -> tuple[dict[str, Any], int]:
+    """Write the image and label volumes of ``scan`` unless they are up to date; its datalist entry and how many
+    of the two files were written."""
+    affine = kaggle_affine(scan.spacing)
+    img_path, lab_path = img_dir / f"{scan.id}.nii.gz", lab_dir / f"{scan.id}.nii.gz"
+    written = 0
+    fp = _fingerprint("image", scan, dataset)
+    if not _up_to_date(img_path, fp):
+        image = dataset.load_image(scan)
+        write_nifti(img_path, image, affine, f"{FORMAT_VERSION} {scan.id} image uint16 HxWxD", fp, compresslevel)
+        del image
+        written += 1
+    fp = _fingerprint("label", scan, dataset)
+    if not _up_to_date(lab_path, fp):
+        label = dataset.load_label(scan)
+        write_nifti(lab_path, label, affine, "ch0 large_bowel ch1 small_bowel ch2 stomach (0/1)", fp, compresslevel)
+        del label
+        written += 1
+    presence = dataset.slice_presence(scan)  # (D, 3), from the csv alone
+    entry = {
+        "image": f"{IMAGE_DIR}/{img_path.name}",
+        "label": f"{LABEL_DIR}/{lab_path.name}",
+        "id": scan.id,
+        "case": scan.case,
+        "day": scan.day,
+        "num_slices": scan.depth,
+        "shape": list(scan.shape),
+        "spacing": list(scan.spacing),
+        "nonempty_slices": np.flatnonzero(presence.any(axis=1)).tolist(),
+        "class_slices": presence.sum(axis=0).tolist(),
+    }
+    return entry, written
+
+
+def _assign_folds(entries: list[dict[str, Any]], num_folds: int, seed: int) -> list[dict[str, Any]]:
+    """Set every entry's ``fold`` (folds grouped by case, balanced in empty and non-empty slices); the folds' stats."""
+    groups: dict[int, list[int]] = {}
+    for e in entries:
+        n_ne = len(e["nonempty_slices"])
+        g = groups.setdefault(e["case"], [0, 0])
+        g[0] += e["num_slices"] - n_ne
+        g[1] += n_ne
+    folds = assign_folds(groups, num_folds=num_folds, seed=seed)
+    if len(groups) < num_folds:
+        logger.warning("only %d cases for %d folds: some folds are empty", len(groups), num_folds)
+    for e in entries:
+        e["fold"] = folds[e["case"]]
+    fold_stats = []
+    for f in range(num_folds):
+        members = [e for e in entries if e["fold"] == f]
+        n = sum(e["num_slices"] for e in members)
+        ne = sum(len(e["nonempty_slices"]) for e in members)
+        fold_stats.append(
+            {
+                "fold": f,
+                "cases": len({e["case"] for e in members}),
+                "scans": len(members),
+                "slices": n,
+                "nonempty_fraction": round(ne / n, 4) if n else None,
+            }
+        )
+    return fold_stats
 
 
 def prepare_dataset(
@@ -278,66 +343,11 @@ def prepare_dataset(
     bar = tqdm(dataset.scans, unit="scan", desc="prepare", disable=not progress)
     for scan in bar:
         bar.set_postfix_str(scan.id, refresh=False)
-        affine = kaggle_affine(scan.spacing)
-        img_path, lab_path = img_dir / f"{scan.id}.nii.gz", lab_dir / f"{scan.id}.nii.gz"
-        fp = _fingerprint("image", scan, dataset)
-        if _up_to_date(img_path, fp):
-            skipped += 1
-        else:
-            image = dataset.load_image(scan)
-            write_nifti(img_path, image, affine, f"{FORMAT_VERSION} {scan.id} image uint16 HxWxD", fp, compresslevel)
-            del image
-            written += 1
-        fp = _fingerprint("label", scan, dataset)
-        if _up_to_date(lab_path, fp):
-            skipped += 1
-        else:
-            label = dataset.load_label(scan)
-            write_nifti(lab_path, label, affine, "ch0 large_bowel ch1 small_bowel ch2 stomach (0/1)", fp, compresslevel)
-            del label
-            written += 1
-        presence = dataset.slice_presence(scan)  # (D, 3), from the csv alone
-        entries.append(
-            {
-                "image": f"{IMAGE_DIR}/{img_path.name}",
-                "label": f"{LABEL_DIR}/{lab_path.name}",
-                "id": scan.id,
-                "case": scan.case,
-                "day": scan.day,
-                "num_slices": scan.depth,
-                "shape": list(scan.shape),
-                "spacing": list(scan.spacing),
-                "nonempty_slices": np.flatnonzero(presence.any(axis=1)).tolist(),
-                "class_slices": presence.sum(axis=0).tolist(),
-            }
-        )
+        entry, n_written = _write_scan(dataset, scan, img_dir, lab_dir, compresslevel)
+        entries.append(entry)
+        written, skipped = written + n_written, skipped + 2 - n_written
     bar.close()
-
-    groups: dict[int, list[int]] = {}
-    for e in entries:
-        n_ne = len(e["nonempty_slices"])
-        g = groups.setdefault(e["case"], [0, 0])
-        g[0] += e["num_slices"] - n_ne
-        g[1] += n_ne
-    folds = assign_folds(groups, num_folds=num_folds, seed=seed)
-    if len(groups) < num_folds:
-        logger.warning("only %d cases for %d folds: some folds are empty", len(groups), num_folds)
-    for e in entries:
-        e["fold"] = folds[e["case"]]
-    fold_stats = []
-    for f in range(num_folds):
-        members = [e for e in entries if e["fold"] == f]
-        n = sum(e["num_slices"] for e in members)
-        ne = sum(len(e["nonempty_slices"]) for e in members)
-        fold_stats.append(
-            {
-                "fold": f,
-                "cases": len({e["case"] for e in members}),
-                "scans": len(members),
-                "slices": n,
-                "nonempty_fraction": round(ne / n, 4) if n else None,
-            }
-        )
+    fold_stats = _assign_folds(entries, num_folds, seed)
     datalist = {
         "name": "UW-Madison GI Tract Image Segmentation (kvmonai prepare)",
         "format": FORMAT_VERSION,
@@ -352,9 +362,7 @@ def prepare_dataset(
         "training": entries,
     }
     dl_path = out / datalist_name
-    tmp = dl_path.with_name(f".{dl_path.name}{_PART}")
-    tmp.write_text(_datalist_json(datalist), encoding="utf-8")
-    os.replace(tmp, dl_path)
+    write_text_atomic(dl_path, _datalist_json(datalist))
     n_slices = sum(e["num_slices"] for e in entries)
     n_ne = sum(len(e["nonempty_slices"]) for e in entries)
     logger.info("%d volumes written, %d up to date; datalist %s", written, skipped, dl_path)

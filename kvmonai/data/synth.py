@@ -35,7 +35,7 @@ import numpy as np
 from kvmonai.data.kaggle import CLASSES, CSV_HEADER, format_slice_filename, slice_id
 from kvmonai.data.phantom import ScanSpec, generate_scan, iter_scan_slices
 from kvmonai.data.rle import rle_encode
-from kvmonai.utils import csv_text, write_text_atomic
+from kvmonai.utils import atomic_output, csv_text, write_text_atomic
 
 # ScanSpec, generate_scan and iter_scan_slices live in kvmonai.data.phantom; they stay importable from here
 __all__ = [
@@ -177,9 +177,8 @@ def _write_png(path: Path, arr: np.ndarray, compress_level: int) -> None:
 
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG", compress_level=compress_level)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
 
 
 def _write_scan(root: Path, spec: ScanSpec, compress_level: int) -> tuple[list[tuple[str, str, str]], int, list[int]]:
@@ -224,6 +223,29 @@ class SynthSummary:
     slices: int
     nonempty_slices: int
     class_slices: tuple[int, int, int]
+
+
+def _write_scans(
+    root: Path, specs: Sequence[ScanSpec], workers: int, compress_level: int, progress: bool
+) -> list[tuple[list[tuple[str, str, str]], int, list[int]] | None]:
+    """:func:`_write_scan` for every spec, in ``workers`` processes; the results in the order of ``specs``."""
+    from tqdm.auto import tqdm
+
+    results: list[tuple[list[tuple[str, str, str]], int, list[int]] | None] = [None] * len(specs)
+    with tqdm(total=sum(s.depth for s in specs), unit="slice", desc="synth", disable=not progress) as bar:
+        if workers == 1:
+            for i, spec in enumerate(specs):
+                results[i] = _write_scan(root, spec, compress_level)
+                bar.update(spec.depth)
+        else:
+            # spawn, not fork: the parent may hold threads (tqdm, torch) whose locks a forked child would inherit
+            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = {pool.submit(_write_scan, root, spec, compress_level): i for i, spec in enumerate(specs)}
+                for fut in as_completed(futures):
+                    i = futures[fut]
+                    results[i] = fut.result()
+                    bar.update(specs[i].depth)
+    return results
 
 
 def write_synthetic_dataset(
@@ -271,24 +293,7 @@ def write_synthetic_dataset(
     specs = plan_dataset(cases=cases, seed=seed, days=days, slices=slices, scale=scale)
     root.mkdir(parents=True, exist_ok=True)
     total = sum(s.depth for s in specs)
-    results: list[tuple[list[tuple[str, str, str]], int, list[int]] | None] = [None] * len(specs)
-
-    from tqdm.auto import tqdm
-
-    with tqdm(total=total, unit="slice", desc="synth", disable=not progress) as bar:
-        if workers == 1:
-            for i, spec in enumerate(specs):
-                results[i] = _write_scan(root, spec, compress_level)
-                bar.update(spec.depth)
-        else:
-            # spawn, not fork: the parent may hold threads (tqdm, torch) whose locks a forked child would inherit
-            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-                futures = {pool.submit(_write_scan, root, spec, compress_level): i for i, spec in enumerate(specs)}
-                for fut in as_completed(futures):
-                    i = futures[fut]
-                    results[i] = fut.result()
-                    bar.update(specs[i].depth)
-
+    results = _write_scans(root, specs, workers, compress_level, progress)
     nonempty, per_class = 0, [0, 0, 0]
     for res in results:
         assert res is not None

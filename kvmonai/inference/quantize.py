@@ -91,9 +91,9 @@ def bundle_network(
         bundle: the bundle folder.
         overrides: config ids and values (e.g. ``{"weights": ..., "preset": "tiny"}``).
     """
-    from kvmonai.bundle.handlers import OptimizeForInference, WeightsLoader
+    from kvmonai.bundle import OptimizeForInference, WeightsLoader, device_overrides
 
-    parser = _parser(Path(bundle), {"device": torch.device("cpu"), **(overrides or {})})
+    parser = _parser(Path(bundle), {**device_overrides("cpu"), **(overrides or {})})
     network = parser.get_parsed_content("network")
     for handler in parser.get_parsed_content("handlers"):
         if isinstance(handler, (WeightsLoader, OptimizeForInference)):

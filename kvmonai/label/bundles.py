@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kvmonai.paths import BUNDLES_ENV, bundles_dir
+
 __all__ = [
     "INFER_IDS",
     "TRAIN_IDS",
@@ -34,6 +36,7 @@ INFER_IDS: tuple[str, ...] = ("bundle_root", "device", "network_def", "preproces
 TRAIN_IDS: tuple[str, ...] = (
     "bundle_root",
     "device",
+    "device_name",
     "amp",
     "network_def",
     "network",
@@ -49,18 +52,16 @@ TRAIN_IDS: tuple[str, ...] = (
 )
 #: ``--conf`` keys of the kvmonai app (all others belong to MONAI Label)
 _CONF_BUNDLES, _CONF_MODELS, _CONF_OVERRIDES = "bundles", "models", "overrides"
-_ENV_BUNDLES = "KVMONAI_BUNDLES"
 
 
-def default_bundles_dir() -> Path | None:
-    """``$KVMONAI_BUNDLES``, else the repository's ``bundles/`` when kvmonai runs from a checkout, else ``None``."""
-    env = os.environ.get(_ENV_BUNDLES)
-    if env:
-        return Path(env)
-    import kvmonai
+def default_bundles_dir() -> Path:
+    """The app's bundles folder when ``--conf bundles`` is not given: :func:`kvmonai.paths.bundles_dir`
+    (``$KVMONAI_BUNDLES``, else the checkout's ``bundles/``).
 
-    repo = Path(kvmonai.__file__).resolve().parents[1] / "bundles"
-    return repo if repo.is_dir() else None
+    Raises:
+        FileNotFoundError: when neither is there.
+    """
+    return bundles_dir()
 
 
 def parse_overrides(text: str | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -287,7 +288,7 @@ def find_bundles(bundles_dir: str | os.PathLike, names: Sequence[str] | None = N
     """
     base = Path(bundles_dir)
     if not base.is_dir():
-        raise ValueError(f"bundles folder {base} does not exist (--conf bundles DIR or KVMONAI_BUNDLES).")
+        raise ValueError(f"bundles folder {base} does not exist (--conf bundles DIR or {BUNDLES_ENV}).")
     available = sorted(p.name for p in base.iterdir() if (p / "configs" / "inference.json").is_file())
     wanted = [n for n in (names or []) if n and n != "all"]
     if not wanted:
@@ -329,14 +330,12 @@ class LabelAppSettings:
         """
         conf = conf or {}
         raw_dir = conf.get(_CONF_BUNDLES)
-        bundles_dir = Path(raw_dir) if raw_dir else default_bundles_dir()
-        if bundles_dir is None:
-            raise ValueError(
-                "no bundles folder: pass --conf bundles DIR (a folder of kvmonai bundles, e.g. the repository's "
-                f"bundles/) or set {_ENV_BUNDLES}."
-            )
+        try:
+            folder = Path(raw_dir) if raw_dir else default_bundles_dir()
+        except FileNotFoundError as e:
+            raise ValueError(f"{e} Or pass --conf bundles DIR.") from None
         models = tuple(m.strip() for m in str(conf.get(_CONF_MODELS) or "").split(",") if m.strip())
-        return cls(bundles_dir.resolve(), models, parse_overrides(conf.get(_CONF_OVERRIDES)))
+        return cls(folder.resolve(), models, parse_overrides(conf.get(_CONF_OVERRIDES)))
 
     def bundles(self) -> list[BundleSpec]:
         """Open every selected bundle.

@@ -31,6 +31,8 @@ from monailabel.datastore.dicom import DICOMWebDatastore
 from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.datastore import DefaultLabelTag
 
+from kvmonai.utils import atomic_output
+
 __all__ = ["KVDicomWebDatastore", "seg_label_info", "segment_label_info"]
 
 logger = logging.getLogger(__name__)
@@ -202,9 +204,6 @@ def _resample_onto(label_file: str, image_file: str) -> None:
     if same:
         return
     resampled = sitk.Resample(label, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, label.GetPixelID())
-    path = pathlib.Path(label_file)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".gz") else path.suffix
-    tmp = f"{label_file}.part{suffix}"  # written whole, then renamed over the label
-    sitk.WriteImage(resampled, tmp, True)
-    os.replace(tmp, label_file)
+    with atomic_output(label_file) as tmp:  # written whole, then renamed over the label
+        sitk.WriteImage(resampled, str(tmp), True)
     logger.info(f"{label_file}: SEG label resampled onto the grid of {image_file}")

@@ -35,6 +35,7 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 from monailabel.utils.others.generic import device_list, name_to_device
 
+from kvmonai.bundle.workflow import device_overrides
 from kvmonai.label.bundles import BundleSpec, study_loading
 from kvmonai.label.datalist import label_values, split_items
 from kvmonai.utils import as_flag, write_text_atomic
@@ -108,7 +109,7 @@ class KVBundleTrainTask(BasicTrainTask):
     def _component(self, id_: str, context: Context | None = None) -> Any:
         parser = self.spec.parser("train")
         if context is not None and context.device is not None:
-            parser["device"] = f"$torch.device('{context.device}')"
+            parser.update(device_overrides(context.device))
         if context is not None and context.network is not None:
             parser["network"] = context.network
         return parser.get_parsed_content(id_)
@@ -263,7 +264,7 @@ class KVBundleTrainTask(BasicTrainTask):
             "train#handlers": handlers,
             "max_epochs": int(request["max_epochs"]),
             "learning_rate": float(request["learning_rate"]),
-            "device": f"$torch.device('{device}')",
+            **device_overrides(device),
             "amp": device.startswith("cuda"),
             "mlflow": as_flag("mlflow", request.get("mlflow", False)),
             "output_dir": str(run_dir),

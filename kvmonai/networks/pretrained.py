@@ -60,6 +60,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kvmonai.utils import short_list
+
 __all__ = [
     "FORMATS",
     "LoadReport",
@@ -76,13 +78,6 @@ FORMATS: tuple[str, ...] = ("google_npz", "timm_vit", "monai_vit", "monai_swin",
 
 class PretrainedError(ValueError):
     """A pretrained-weights file cannot be read, is of an unknown layout, or does not fit the target network."""
-
-
-def _show(keys: list[str], n: int = 5) -> str:
-    keys = sorted(keys)
-    if not keys:
-        return "none"
-    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
 
 
 @dataclass
@@ -128,7 +123,7 @@ class LoadReport:
             f"{self.encoder_fraction:.1%} of the encoder's parameters loaded",
             f"{'':12s} {'count':>5s}  tensors",
         ]
-        lines += [f"{name:12s} {len(keys):5d}  {_show(list(keys), 3)}" for name, keys in rows]
+        lines += [f"{name:12s} {len(keys):5d}  {short_list(sorted(keys), 3)}" for name, keys in rows]
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -224,8 +219,8 @@ def _detect(state: Mapping[str, torch.Tensor], own: list[dict[str, tuple[int, ..
     if timm_target:
         return "timm"
     raise PretrainedError(
-        f"unknown weights layout (first keys: {_show(list(keys))}); readable are Google ViT .npz, timm ViT, MONAI "
-        "ViT/UNETR and SwinUNETR state dicts, timm state dicts for timm backbones, and kvmonai models."
+        f"unknown weights layout (first keys: {short_list(sorted(keys))}); readable are Google ViT .npz, timm ViT, "
+        "MONAI ViT/UNETR and SwinUNETR state dicts, timm state dicts for timm backbones, and kvmonai models."
     )
 
 
@@ -780,6 +775,55 @@ def _timm_mapped(
     return mapped
 
 
+def _map_family(
+    network: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    fmt: str,
+    family: _Family,
+    report: LoadReport,
+    twin_state: Mapping[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Map a foreign file (timm, Google ``.npz``, MONAI ViT or Swin) onto ``network``'s family: the tensors by the
+    network's keys, and the file's key each came from.
+
+    Raises:
+        PretrainedError: when the format does not map onto the family (ViT weights for a Swin network...).
+    """
+    if family.source == "timm":
+        mapped = _timm_mapped(network, state, report, twin_state)
+        return mapped, {k: k[len("backbone.") :] for k in mapped}
+    canon = {"google_npz": _from_npz, "timm_vit": _from_timm_vit, "monai_vit": _from_monai_vit}.get(fmt)
+    if fmt == "monai_swin":
+        canon = _from_monai_swin
+    if canon is None or (family.source == "swin") != (fmt == "monai_swin"):
+        raise PretrainedError(
+            f"pretrained weights {report.path} are {fmt} weights, which do not map onto {type(network).__name__} "
+            f"(it takes {'Swin' if family.source == 'swin' else 'ViT'} weights)."
+        )
+    canonical = canon(state)
+    report.unexpected += canonical.unexpected
+    report.ignored += canonical.ignored
+    mapped = _assemble(network, canonical, family, report, twin_state)
+    origin = {}
+    for src_key, target in ((k, _map_key(family, k)) for k in canonical.tensors):
+        if target is not None:
+            origin[target] = canonical.origin[src_key]
+    return mapped, origin
+
+
+def _report_query_dropped(
+    report: LoadReport, network: nn.Module, mapped: Mapping[str, torch.Tensor], origin: Mapping[str, str]
+) -> None:
+    """Loaded through the QKV twin of a KV network: record the query weights dropped, name the loaded keys as KV."""
+    kept = set(network.state_dict())
+    fused = [k for k in mapped if re.search(r"\.qkv\.(weight|bias)$", k)]
+    report.dropped = sorted(
+        [f"{origin.get(k, k)} (query rows 0:{mapped[k].shape[0] // 3})" for k in fused]
+        + [f"{origin.get(k, k)} (query)" for k in mapped if k not in kept and k not in fused]
+    )
+    report.loaded = [re.sub(r"\.qkv\.(weight|bias)$", r".kv.\1", k) for k in report.loaded]
+
+
 def load_pretrained(
     network: nn.Module,
     path: str | os.PathLike,
@@ -811,8 +855,7 @@ def load_pretrained(
     if source_format is not None and source_format not in FORMATS:
         raise ValueError(f"source_format must be one of {FORMATS}, got {source_format!r}.")
     state = read_state(path)
-    variant = _attention_variant(network)
-    twin = _qkv_twin(network)
+    variant, twin = _attention_variant(network), _qkv_twin(network)
     own = [_shapes(network.state_dict())] + ([_shapes(twin.state_dict())] if twin is not None else [])
     fmt = source_format or _detect(state, own, _timm_backbone(network) is not None)
     if fmt == "kvmonai" and _shapes(state) == own[0]:
@@ -830,26 +873,7 @@ def load_pretrained(
         origin = {k: k for k in mapped}
     else:
         family = _FAMILIES[target_family(network)]
-        if family.source == "timm":
-            mapped = _timm_mapped(network, state, report, twin_state)
-            origin = {k: k[len("backbone.") :] for k in mapped}
-        else:
-            canon = {"google_npz": _from_npz, "timm_vit": _from_timm_vit, "monai_vit": _from_monai_vit}.get(fmt)
-            if fmt == "monai_swin":
-                canon = _from_monai_swin
-            if canon is None or (family.source == "swin") != (fmt == "monai_swin"):
-                raise PretrainedError(
-                    f"pretrained weights {path} are {fmt} weights, which do not map onto {type(network).__name__} "
-                    f"(it takes {'Swin' if family.source == 'swin' else 'ViT'} weights)."
-                )
-            canonical = canon(state)
-            report.unexpected += canonical.unexpected
-            report.ignored += canonical.ignored
-            mapped = _assemble(network, canonical, family, report, twin_state)
-            origin = {}
-            for src_key, target in ((k, _map_key(family, k)) for k in canonical.tensors):
-                if target is not None:
-                    origin[target] = canonical.origin[src_key]
+        mapped, origin = _map_family(network, state, fmt, family, report, twin_state)
         encoder = [k for k, _ in into.named_parameters() if k.startswith(family.encoder)]
     encoder = [k for k in encoder if not _UNUSED.search(k)]
 
@@ -859,24 +883,19 @@ def load_pretrained(
     report.missing = sorted(k for k in encoder if k not in mapped)
     report.encoder_fraction = sum(params[k].numel() for k in report.loaded if k in encoder) / total
     if twin is not None:
-        kept = set(network.state_dict())
-        fused = [k for k in mapped if re.search(r"\.qkv\.(weight|bias)$", k)]
-        report.dropped = sorted(
-            [f"{origin.get(k, k)} (query rows 0:{mapped[k].shape[0] // 3})" for k in fused]
-            + [f"{origin.get(k, k)} (query)" for k in mapped if k not in kept and k not in fused]
-        )
-        report.loaded = [re.sub(r"\.qkv\.(weight|bias)$", r".kv.\1", k) for k in report.loaded]
+        _report_query_dropped(report, network, mapped, origin)
     if strict and (report.missing or report.unexpected):
         raise PretrainedError(
             f"pretrained weights {path} ({fmt}) do not fill {type(network).__name__} exactly: "
-            f"missing {_show(report.missing)}; unexpected {_show(report.unexpected)}. Pass strict=False "
-            "(bundles: pretrained_strict false) to load what fits."
+            f"missing {short_list(sorted(report.missing))}; unexpected {short_list(sorted(report.unexpected))}. "
+            "Pass strict=False (bundles: pretrained_strict false) to load what fits."
         )
     if report.encoder_fraction < min_fraction:
         raise PretrainedError(
             f"pretrained weights {path} ({fmt}) fill only {report.encoder_fraction:.1%} of "
-            f"{type(network).__name__}'s encoder (less than {min_fraction:.0%}): missing {_show(report.missing)}; "
-            f"unexpected {_show(report.unexpected)}. Is it the right file for this architecture?"
+            f"{type(network).__name__}'s encoder (less than {min_fraction:.0%}): "
+            f"missing {short_list(sorted(report.missing))}; unexpected {short_list(sorted(report.unexpected))}. "
+            "Is it the right file for this architecture?"
         )
     with torch.no_grad():
         own = into.state_dict()

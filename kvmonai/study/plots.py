@@ -61,7 +61,7 @@ def plot_savings(rows: Sequence[dict[str, Any]], path: Path) -> Path:
 
 
 def _read_curve(run_dir: Path) -> tuple[list[int], list[float], list[float]]:
-    from kvmonai.bundle.handlers import read_metrics_csv
+    from kvmonai.bundle import read_metrics_csv
 
     rows = read_metrics_csv(run_dir)
     return (

@@ -258,7 +258,7 @@ def _run_one(
         **cfg.overrides,
     }
     # an earlier invocation may have left this folder: reuse it only if made with the same settings and data
-    from kvmonai.bundle.handlers import RUN_OUTPUTS, move_aside
+    from kvmonai.bundle import RUN_OUTPUTS, move_aside
 
     if any((run_dir / n).exists() for n in (*RUN_OUTPUTS, "model.pt")):
         same, changes = _reusable(run_dir, fingerprint)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from kvmonai.bundle.handlers import RunGuard, RunInUseError
+from kvmonai.bundle import RunGuard, RunInUseError
 from kvmonai.bundle.workflow import bundle_workflow
 
 
@@ -43,6 +43,27 @@ def test_second_writer_is_refused_at_once_and_touches_nothing(tmp_path):
     assert (run / "metrics.csv").read_text() == "epoch\n1\n" and not (run / "previous").exists()
     first.release()
     RunGuard(str(run), resume=True).started(_Engine())  # free again once the first one ended
+
+
+def test_the_configs_run_lock_is_the_one_the_guard_holds(tmp_path):
+    from kvmonai.bundle import RunLock
+
+    run = tmp_path / "run"
+    lock = RunLock(str(run)).acquire()  # train.json's run_lock, taken in initialize
+    guard = RunGuard(str(run), lock=lock)
+    guard.started(_Engine())  # adopts it: no second flock of its own, which would refuse this very run
+    assert guard.lock is lock and lock.held
+    with pytest.raises(RunInUseError, match="is being written by another training"):
+        RunLock(str(run)).acquire()
+    guard.release()
+    assert not lock.held
+    lock.release()  # finalize releases again: nothing happens
+    with RunLock(str(run)) as again:
+        assert again.held
+    with pytest.raises(ValueError, match="the lock guards .*run, not output_dir"):
+        RunGuard(str(tmp_path / "other"), lock=RunLock(str(run)))
+    off = RunLock(str(tmp_path / "rank1"), enabled=False).acquire()  # other ranks of a distributed run
+    assert not off.held and not (tmp_path / "rank1").exists()
 
 
 def test_fresh_run_moves_earlier_outputs_aside_and_closes_killed_mlflow_run(tmp_path):
@@ -236,8 +257,8 @@ def test_bad_setting_on_the_command_line_is_one_line(prepared, copy_bundle, tmp_
 def test_resuming_another_architecture_says_so_briefly(tmp_path):
     import torch
 
+    from kvmonai.bundle import ResumeFromCheckpoint
     from kvmonai.bundle.checkpoint import CheckpointError
-    from kvmonai.bundle.handlers import ResumeFromCheckpoint
     from kvmonai.networks import create
 
     other = create("unetr", "kv", "tiny", img_size=64)
