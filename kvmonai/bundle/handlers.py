@@ -17,7 +17,7 @@ from monai.handlers import ValidationHandler as MonaiValidationHandler
 from monai.utils import optional_import
 
 from kvmonai.bundle.checkpoint import CheckpointError, load_checkpoint, save_atomic, state_mismatch
-from kvmonai.utils import as_flag, csv_text, pyplot, save_figure, write_text_atomic
+from kvmonai.utils import KVMonaiError, as_flag, csv_text, pyplot, save_figure, write_text_atomic
 
 Events, _ = optional_import("ignite.engine", name="Events")
 
@@ -229,7 +229,7 @@ class ValidationHandler(MonaiValidationHandler):
             engine.add_event_handler(Events.STARTED, self)
 
 
-class RunInUseError(RuntimeError):
+class RunInUseError(KVMonaiError, RuntimeError):
     """Another process is writing to the same run folder; nothing of it was touched."""
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kvmonai.utils import KVMonaiError
 from kvmonai.data.rle import RLEError, parse_rle, rle_decode, rle_end
 
 __all__ = [
@@ -66,7 +67,7 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _MAX_LISTED = 5
 
 
-class KaggleFormatError(ValueError):
+class KaggleFormatError(KVMonaiError, ValueError):
     """The input does not follow the UW-Madison GI Tract Kaggle layout."""
 
 

@@ -31,7 +31,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvmonai.utils import write_text_atomic
+from kvmonai.utils import KVMonaiError, write_text_atomic
 
 __all__ = [
     "DICOMWEB_PLUGIN",
@@ -52,7 +52,7 @@ DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 _INSTALL_HINT = "install it with: sudo apt-get install orthanc orthanc-dicomweb (Debian/Ubuntu)"
 
 
-class PacsError(RuntimeError):
+class PacsError(KVMonaiError, RuntimeError):
     """Orthanc is missing, cannot start, or a store failed; the message says what to do."""
 
 

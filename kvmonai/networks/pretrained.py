@@ -60,6 +60,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kvmonai.utils import KVMonaiError
+
 __all__ = [
     "FORMATS",
     "LoadReport",
@@ -74,7 +76,7 @@ __all__ = [
 FORMATS: tuple[str, ...] = ("google_npz", "timm_vit", "monai_vit", "monai_swin", "timm", "kvmonai")
 
 
-class PretrainedError(ValueError):
+class PretrainedError(KVMonaiError, ValueError):
     """A pretrained-weights file cannot be read, is of an unknown layout, or does not fit the target network."""
 
 

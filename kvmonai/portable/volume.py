@@ -27,6 +27,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from .dicom import DicomInputError, find_series, is_dicom_file
+from .errors import InputFormatError, InputNotFoundError
 
 __all__ = [
     "CANONICAL_AXCODES",
@@ -166,25 +167,28 @@ def load_volume(path: str | os.PathLike, dicom_reader: str = "itk", series: str 
         a ``MetaTensor`` whose ``affine`` maps voxels to RAS millimetres.
 
     Raises:
-        FileNotFoundError: when ``path`` does not exist.
+        InputNotFoundError: (a ``FileNotFoundError``) when ``path`` does not exist.
+        InputFormatError: (a ``ValueError``) when the input kind is not recognised or its reader fails.
         DicomInputError: for a DICOM input that is not one regular series (see
             :func:`~kvmonai.portable.dicom.find_series`).
-        ValueError: when the input kind is not recognised, is not single-channel 2D/3D, or holds NaN/inf voxels.
+        ValueError: when the volume is not single-channel 2D/3D, or holds NaN/inf voxels.
     """
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"{p}: no such file or folder.")
+        raise InputNotFoundError(f"{p}: no such file or folder.")
     reader = _reader(dicom_reader)
     for suffixes, file_reader in ((NIFTI_SUFFIXES, "NibabelReader"), (NRRD_SUFFIXES, "ITKReader")):
         if p.is_file() and p.name.lower().endswith(suffixes):
             try:
                 img = _read(file_reader, p)
             except Exception as e:  # readers raise many types on broken files
-                raise ValueError(f"{p}: {file_reader} could not read the file ({e}).") from e
+                raise InputFormatError(f"{p}: {file_reader} could not read the file ({e}).") from e
             return to_canonical(img, p)
     if (p.is_file() and is_dicom_file(p)) or (p.is_dir() and any(is_dicom_file(e) for e in p.iterdir() if e.is_file())):
         return _load_dicom(p, reader, series)
-    raise ValueError(f"{p}: not a NIfTI file (.nii/.nii.gz), an NRRD file, a DICOM file or a folder of DICOM files.")
+    raise InputFormatError(
+        f"{p}: not a NIfTI file (.nii/.nii.gz), an NRRD file, a DICOM file or a folder of DICOM files."
+    )
 
 
 class LoadVolumed(MapTransform):
