@@ -6,7 +6,7 @@ product), then runs ``kvmonai benchmark --suites case`` for the chosen bundles u
 process, and writes a markdown table with seconds per case and each case's FLOPs over its time as a fraction of the
 ceiling of the precision it ran in.
 
-    python scripts/runtime_table.py --archs setr --attentions qkv kv kvpos --out docs/measured/benchmark_runtime.md
+    python research/runtime_table.py --archs setr --attentions qkv kv kvpos --out docs/measured/benchmark_runtime.md
 """
 
 from __future__ import annotations

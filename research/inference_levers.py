@@ -5,7 +5,7 @@ Levers: fp32 eager (baseline), bf16 autocast, + channels-last, + exact rewrites 
 standardisation), TorchScript trace + freeze of the bf16 network, and torch.compile (inductor, freezing) whose
 compile time is reported apart. The bundles keep what pays for a single case (see docs/benchmarks.md).
 
-    python scripts/inference_levers.py --arch setr --batch 16
+    python research/inference_levers.py --arch setr --batch 16
 """
 
 from __future__ import annotations
