@@ -9,7 +9,8 @@ geometry (:func:`kvmonai.data.dicom_series.write_dicom_series`), DICOM folders a
 
 Network exposure: Orthanc 1.10 has no option to bind its HTTP server to one address, so it listens on every
 interface. ``RemoteAccessAllowed: false`` in the configuration makes it refuse every client other than 127.0.0.1
-(HTTP 403), and its DICOM (DIMSE) server is off, so only loopback clients can read or store anything.
+(HTTP 401 Unauthorized, from Orthanc's ``SendUnauthorized``), and its DICOM (DIMSE) server is off, so only loopback
+clients can read or store anything.
 
 Written here rather than taken from a library: no Python package starts and supervises an Orthanc process; the
 storage itself goes through ``dicomweb_client`` (STOW-RS).

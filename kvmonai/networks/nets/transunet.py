@@ -3,7 +3,9 @@
 The layout follows the reference implementation (github.com/Beckschen/TransUNet, ``networks/vit_seg_modeling.py``
 and ``networks/vit_seg_modeling_resnet_skip.py``) parameter for parameter: with 3 input channels, 3 classes and
 224 x 224 inputs the ``"paper"`` preset has exactly 105,276,211 parameters with QKV attention, 98,189,107 with KV
-and 98,189,719 with KV+Pos (12 x 51 more). Trained from scratch here; ImageNet-21k weights are not loaded.
+and 98,189,719 with KV+Pos (12 x 51 more). Built with random weights; the reference's ImageNet-21k R50+ViT-B/16
+weights (Google's ``.npz``) load with :func:`kvmonai.networks.pretrained.load_pretrained` (a bundle's
+``--pretrained``), the query projections dropped for KV.
 
 Deliberate differences from the reference, none of which changes a parameter:
 
