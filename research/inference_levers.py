@@ -19,12 +19,12 @@ import torch
 
 from kvmonai.benchmark.timing import gemm_throughput, time_interleaved
 from kvmonai.inference import optimize_for_inference
-from kvmonai.networks import ARCHITECTURES, create
+from kvmonai.networks import STUDY_ARCHITECTURES, create
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", choices=ARCHITECTURES, default="setr")
+    parser.add_argument("--arch", choices=STUDY_ARCHITECTURES, default="setr")
     parser.add_argument("--attention", default="kv")
     parser.add_argument("--batch", type=int, default=16, help="slices per call (default: 16, the bundles' value)")
     parser.add_argument("--repeats", type=int, default=5)

@@ -316,7 +316,7 @@ def recipe_values(
         "warmup_pct": _pct(train.number("lr_scheduler", "pct_start")),
         "anneal": {"cos": "cosine", "linear": "linear"}.get(str(train.get("lr_scheduler", "anneal_strategy")), "?"),
         "lr_step": "epoch" if train.flag("train", "handlers", "LrScheduleHandler", "epoch_level") else "iteration",
-        "val_interval": str(train.get("train", "handlers", "ValidationHandler", "interval")),
+        "val_interval": str(train.get("train", "handlers", "PeriodicAndFinalValidation", "interval")),
         "key_metric": key_metric[0],
         "other_metrics": ", ".join(f"`{m}`" for m in train.get("validate", "additional_metrics")) or "none",
         "val_threshold": _num(train.number("validate", "postprocessing", "transforms", "AsDiscreted", "threshold")),
@@ -345,12 +345,12 @@ def render_bundle(arch: str, attention: str, measured_dir: str | os.PathLike | N
     Raises:
         ValueError: for an unknown pair.
     """
-    from kvmonai.networks import ATTENTIONS, lookup
+    from kvmonai.networks import ATTENTION_REGISTRY, lookup
 
     info = lookup(arch)
     if attention not in info.attentions:
         raise ValueError(f"no bundle for {arch!r} with {attention!r}; attentions: {info.attentions}.")
-    att = ATTENTIONS[attention]
+    att = ATTENTION_REGISTRY[attention]
     values = {
         "arch": arch,
         "attention": attention,

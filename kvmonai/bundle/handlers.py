@@ -34,7 +34,7 @@ __all__ = [
     "read_metrics_csv",
     "release_run_folder",
     "RunRecorder",
-    "ValidationHandler",
+    "PeriodicAndFinalValidation",
     "WeightsLoader",
 ]
 
@@ -201,8 +201,9 @@ class ResumeFromCheckpoint(CheckpointLoader):
         logger.info(f"resumed from {self.checkpoint} after epoch {engine.state.epoch}")
 
 
-class ValidationHandler(MonaiValidationHandler):
-    """MONAI's :class:`~monai.handlers.ValidationHandler`, which also validates after the last epoch.
+class PeriodicAndFinalValidation(MonaiValidationHandler):
+    """Validate every ``interval`` epochs and after the last epoch: MONAI's :class:`~monai.handlers.ValidationHandler`
+    plus the final epoch (a subclass under its own name, so that configs never mistake it for MONAI's class).
 
     With ``epoch_level`` MONAI validates after every ``interval``-th epoch only, so a run of 3 epochs with
     ``interval=5`` never validates: no best model is written and evaluation has nothing to load. Here the last epoch

@@ -3,8 +3,9 @@
 :func:`load_volume` accepts a NIfTI file, a DICOM series folder (or one DICOM file), or a folder of PNG slices
 (Kaggle-named ``slice_SSSS_W_H_PW_PH.png`` or any other names, sorted naturally) and returns what
 ``LoadImaged`` + ``EnsureChannelFirstd`` give for a ``kvmonai prepare`` image: a ``float32`` ``MetaTensor`` of
-shape ``(1, H, W, D)`` in orientation ``PLS``. NIfTI and DICOM go through :mod:`kvmonai.portable.volume` (the loader
-exported bundles carry, with its DICOM series checks); this module adds PNG folders, read with kvmonai's Kaggle
+shape ``(1, H, W, D)`` in orientation ``PLS``. NIfTI and DICOM go through
+:func:`~kvmonai.portable.volume.load_nifti_or_dicom` (the loader exported bundles carry, with its DICOM series
+checks); this module adds PNG folders, read with kvmonai's Kaggle
 reader or MONAI's ``PILReader``, which exported bundles do not need.
 """
 
@@ -27,8 +28,7 @@ from kvmonai.data.kaggle import SLICE_THICKNESS_MM, KaggleFormatError, parse_sli
 from kvmonai.data.prepare import kaggle_affine
 from kvmonai.portable.errors import InputFormatError, InputNotFoundError
 from kvmonai.portable.volume import CANONICAL_AXCODES, RAS_AXIS_LABELS, to_canonical
-from kvmonai.portable.volume import LoadVolumed as PortableLoadVolumed
-from kvmonai.portable.volume import load_volume as portable_load_volume
+from kvmonai.portable.volume import LoadNiftiOrDicomd, load_nifti_or_dicom
 
 __all__ = ["CANONICAL_AXCODES", "RAS_AXIS_LABELS", "LoadVolumed", "load_volume"]
 
@@ -124,7 +124,7 @@ def load_volume(
         if pngs:
             return _load_png_folder(p, pngs, spacing)
     try:
-        return portable_load_volume(p, dicom_reader, series)
+        return load_nifti_or_dicom(p, dicom_reader, series)
     except InputFormatError as e:
         if "not a NIfTI file" not in str(e):
             raise
@@ -133,7 +133,7 @@ def load_volume(
         raise InputFormatError(f"{p}: not a NIfTI (.nii/.nii.gz), NRRD, DICOM or PNG file.") from None
 
 
-class LoadVolumed(PortableLoadVolumed):
+class LoadVolumed(LoadNiftiOrDicomd):
     """Dictionary transform around :func:`load_volume` (NIfTI, DICOM and PNG folders), for inference configs.
 
     Args:

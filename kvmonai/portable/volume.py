@@ -2,7 +2,7 @@
 
 Training volumes (``kvmonai prepare``) are float32 arrays of rows x columns x slices in orientation ``PLS`` (rows
 posterior, columns patient-left, slices superior), so that ``[0, ..., z]`` looks like an axial slice in
-radiological display. :func:`load_volume` reads NIfTI with MONAI's ``NibabelReader`` and DICOM with MONAI's
+radiological display. :func:`load_nifti_or_dicom` reads NIfTI with MONAI's ``NibabelReader`` and DICOM with MONAI's
 ``ITKReader`` (default) or ``PydicomReader``, after :func:`~kvmonai.portable.dicom.find_series` has checked that
 the DICOM input is one regular series, and reorients with MONAI's ``Orientation``.
 
@@ -10,6 +10,11 @@ DICOM volumes carry two extra metadata items, ``dicom_source`` (the file or fold
 (the SeriesInstanceUID read), which :class:`~kvmonai.portable.dicom_seg.SaveDicomSegd` uses to reference the source
 images. MONAI's ``LoadImage`` alone would read a folder of two series as one (ITK) or mix them (pydicom), which is
 why this loader exists.
+
+This is the loader an exported bundle carries. kvmonai's own loader, :func:`kvmonai.data.load_volume` and
+:class:`kvmonai.data.LoadVolumed` (what the bundles' ``inference.json`` names), adds folders of PNG slices and
+passes every other input to :func:`load_nifti_or_dicom`; ``kvmonai export`` replaces it by
+:class:`LoadNiftiOrDicomd`.
 """
 
 from __future__ import annotations
@@ -35,8 +40,8 @@ __all__ = [
     "DICOM_SOURCE_KEY",
     "NIFTI_SUFFIXES",
     "RAS_AXIS_LABELS",
-    "LoadVolumed",
-    "load_volume",
+    "LoadNiftiOrDicomd",
+    "load_nifti_or_dicom",
     "to_canonical",
 ]
 
@@ -154,7 +159,9 @@ def _check_grid(
         )
 
 
-def load_volume(path: str | os.PathLike, dicom_reader: str = "itk", series: str | int | None = None) -> MetaTensor:
+def load_nifti_or_dicom(
+    path: str | os.PathLike, dicom_reader: str = "itk", series: str | int | None = None
+) -> MetaTensor:
     """Load a NIfTI file or a DICOM series (folder or single file) as a ``(1, H, W, D)`` float32 volume in ``PLS``.
 
     Args:
@@ -191,8 +198,8 @@ def load_volume(path: str | os.PathLike, dicom_reader: str = "itk", series: str 
     )
 
 
-class LoadVolumed(MapTransform):
-    """Dictionary transform around :func:`load_volume`, for inference configs.
+class LoadNiftiOrDicomd(MapTransform):
+    """Dictionary transform around :func:`load_nifti_or_dicom`, for inference configs.
 
     Args:
         keys: keys holding paths.
@@ -215,7 +222,7 @@ class LoadVolumed(MapTransform):
 
     def load(self, path: str | os.PathLike) -> MetaTensor:
         """One input as a volume (subclasses add input kinds here)."""
-        return load_volume(path, self.dicom_reader, self.series)
+        return load_nifti_or_dicom(path, self.dicom_reader, self.series)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         """Load every key.
