@@ -1,8 +1,8 @@
 """A kvmonai error inside ``python -m monai.bundle run`` ends the output with its one-line message, no traceback.
 
-Inference (a missing input), evaluation (missing weights) and training (a bad setting) of a kvmonai bundle, run as a
-user would; the exported bundle's inference is tested in ``test_export.py``. ``KVMONAI_TRACEBACK=1`` brings the
-traceback back, with the message still last.
+Inference (a missing input), evaluation (missing weights, a missing datalist) and training (a bad setting) of a
+kvmonai bundle, run as a user would; the exported bundle's inference is tested in ``test_export.py``.
+``KVMONAI_TRACEBACK=1`` brings the traceback back, with the message still last.
 """
 
 from __future__ import annotations
@@ -59,12 +59,15 @@ def test_inference_on_a_missing_input(copy_bundle, tmp_path):
     assert done.stderr.splitlines()[-1] == f"error: {missing}: no such file or folder."
 
 
-def test_evaluation_without_weights(prepared, copy_bundle, tmp_path):
+def test_evaluation_without_weights_or_datalist(prepared, copy_bundle, tmp_path):
     root = copy_bundle(NAME, tmp_path)
     overrides = {"preset": "tiny", "img_size": 64, "datalist": prepared, "num_workers": 0, "mlflow": False}
     done = _run(root, ["train.json", "evaluate.json"], overrides)
-    message = "checkpoint models/model.pt does not exist: train the bundle first or pass the right path."
-    _assert_one_line(done, message)
+    _assert_one_line(done, "checkpoint models/model.pt does not exist: train the bundle first or pass the right path.")
+
+    missing = tmp_path / "none.json"
+    done = _run(root, ["train.json", "evaluate.json"], {**overrides, "datalist": missing})
+    _assert_one_line(done, f"datalist {missing}: no such file; write it with kvmonai prepare, or pass --datalist.")
 
 
 def test_training_with_a_bad_setting(prepared, copy_bundle, tmp_path):
