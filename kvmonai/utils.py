@@ -12,9 +12,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from kvmonai.portable.errors import KVMonaiError  # the base of kvmonai's user-facing errors (exported bundles too)
 from kvmonai.portable.files import atomic_output  # one implementation, which exported bundles carry too
 
 __all__ = [
+    "KVMonaiError",
     "add_override_argument",
     "as_flag",
     "bounded_int",

@@ -18,14 +18,14 @@ SUITES = ("models", "attention", "case")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``kvmonai benchmark``."""
     from kvmonai.benchmark.case import SETTINGS
-    from kvmonai.networks import ARCHITECTURES, EXTRA_ARCHITECTURES, PRESETS
+    from kvmonai.networks import EXTRA_ARCHITECTURES, PRESETS, STUDY_ARCHITECTURES
 
     parser.add_argument("--suites", nargs="+", choices=SUITES, default=["models", "attention"],
                         help="what to measure (default: models attention; 'case' adds whole-case inference of the "
                         "paper-preset KV bundles, about 6 min on 2 CPU cores)")  # fmt: skip
-    parser.add_argument("--archs", nargs="+", choices=ARCHITECTURES + EXTRA_ARCHITECTURES,
-                        default=list(ARCHITECTURES), help="architectures (default: the five of the study; the timm "
-                        "backbones crossvit, swin and nextvit by name)")  # fmt: skip
+    parser.add_argument("--archs", nargs="+", choices=STUDY_ARCHITECTURES + EXTRA_ARCHITECTURES,
+                        default=list(STUDY_ARCHITECTURES), help="architectures (default: the five of the study; "
+                        "the timm backbones crossvit, swin and nextvit by name)")  # fmt: skip
     parser.add_argument("--preset", default="small", choices=PRESETS, help="network sizes of the models suite "
                         "(default: small)")  # fmt: skip
     parser.add_argument("--img-size", type=int, help="input side of the models suite (default: the preset's)")

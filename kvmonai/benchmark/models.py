@@ -95,7 +95,7 @@ def benchmark_models(
     round-robin for ``warmup + repeats`` rounds. Peak memory is taken in a separate, untimed pass.
 
     Args:
-        archs: architectures (``kvmonai.networks.ARCHITECTURES``).
+        archs: architectures (``kvmonai.networks.STUDY_ARCHITECTURES``).
         preset: network sizes.
         img_size: square input side (default: the preset's).
         device: ``"cpu"`` or a CUDA device.

@@ -15,7 +15,12 @@ from kvmonai.bundle.loaders import OptimizeForInference, PretrainedLoader, Weigh
 from kvmonai.bundle.recording import RunRecorder, read_metrics_csv
 from kvmonai.bundle.run_folder import RUN_OUTPUTS, RunGuard, RunInUseError, RunLock, move_aside
 from kvmonai.bundle.settings import SettingsError, check_train_settings
-from kvmonai.bundle.training import BestModelSaver, EpochCheckpoint, ResumeFromCheckpoint, ValidationHandler
+from kvmonai.bundle.training import (
+    BestModelSaver,
+    EpochCheckpoint,
+    PeriodicAndFinalValidation,
+    ResumeFromCheckpoint,
+)
 from kvmonai.bundle.workflow import bundle_workflow, device_overrides
 
 __all__ = [
@@ -25,6 +30,7 @@ __all__ = [
     "EpochCheckpoint",
     "EvaluationReport",
     "OptimizeForInference",
+    "PeriodicAndFinalValidation",
     "PretrainedLoader",
     "ResumeFromCheckpoint",
     "RunGuard",
@@ -32,7 +38,6 @@ __all__ = [
     "RunLock",
     "RunRecorder",
     "SettingsError",
-    "ValidationHandler",
     "WeightsLoader",
     "bundle_workflow",
     "check_train_settings",

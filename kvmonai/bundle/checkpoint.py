@@ -11,12 +11,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from kvmonai.utils import atomic_output, short_list
+from kvmonai.utils import KVMonaiError, atomic_output, short_list
 
 __all__ = ["CheckpointError", "load_checkpoint", "load_weights", "save_atomic", "state_mismatch", "unwrap_model"]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(KVMonaiError, ValueError):
     """A checkpoint file is missing, truncated, not a torch file or does not fit the model."""
 
 

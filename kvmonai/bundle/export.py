@@ -43,6 +43,7 @@ import torch
 
 import kvmonai
 from kvmonai import portable
+from kvmonai.utils import KVMonaiError
 
 __all__ = ["EXPORT_PACKAGES", "ExportError", "ExportSummary", "export_bundle", "exported_inference_config"]
 
@@ -67,7 +68,7 @@ _HEADER = (
 )
 
 
-class ExportError(ValueError):
+class ExportError(KVMonaiError, ValueError):
     """The bundle cannot be exported; nothing was written."""
 
 
@@ -174,6 +175,11 @@ def exported_inference_config(config: Mapping[str, Any], values: Mapping[str, An
     cfg["handlers"] = [h for h in cfg.get("handlers", []) if not str(h.get("_target_", "")).startswith("kvmonai.")]
     if "evaluator" in cfg:
         cfg["evaluator"]["network"] = "@network"
+    # MONAI puts the bundle folder on sys.path only before ``run``, so ``scripts.`` components (the error report)
+    # cannot be built in ``initialize``: they become the first ``run`` steps (no other initialize step raises)
+    steps = [s for s in cfg.get("initialize", []) if isinstance(s, dict) and "_target_" in s]
+    cfg["initialize"] = [s for s in cfg.get("initialize", []) if s not in steps]
+    cfg["run"] = [*steps, *cfg.get("run", [])]
     cfg = _rewrite_targets(cfg)
     left = _refs_kvmonai(cfg)
     if left:

@@ -54,12 +54,12 @@ def render_bundle(arch: str, attention: str, measured_dir: str | os.PathLike | N
     Raises:
         ValueError: for an unknown pair.
     """
-    from kvmonai.networks import ATTENTIONS, lookup
+    from kvmonai.networks import ATTENTION_REGISTRY, lookup
 
     info = lookup(arch)
     if attention not in info.attentions:
         raise ValueError(f"no bundle for {arch!r} with {attention!r}; attentions: {info.attentions}.")
-    att = ATTENTIONS[attention]
+    att = ATTENTION_REGISTRY[attention]
     values = {
         "arch": arch,
         "attention": attention,

@@ -313,7 +313,7 @@ def _training_values(train: _BundleConfig) -> dict[str, str]:
         "warmup_pct": _pct(train.number("lr_scheduler", "pct_start")),
         "anneal": {"cos": "cosine", "linear": "linear"}.get(str(train.get("lr_scheduler", "anneal_strategy")), "?"),
         "lr_step": "epoch" if train.flag("train", "handlers", "LrScheduleHandler", "epoch_level") else "iteration",
-        "val_interval": str(train.get("train", "handlers", "ValidationHandler", "interval")),
+        "val_interval": str(train.get("train", "handlers", "PeriodicAndFinalValidation", "interval")),
         "key_metric": key_metric[0],
         "other_metrics": ", ".join(f"`{m}`" for m in train.get("validate", "additional_metrics")) or "none",
         "val_threshold": _num(train.number("validate", "postprocessing", "transforms", "AsDiscreted", "threshold")),

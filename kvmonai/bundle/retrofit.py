@@ -22,12 +22,12 @@ from typing import Any
 
 from kvmonai.bundle.checkpoint import save_atomic, state_mismatch
 from kvmonai.bundle.workflow import bundle_workflow
-from kvmonai.utils import markdown_table, write_text_atomic
+from kvmonai.utils import KVMonaiError, markdown_table, write_text_atomic
 
 __all__ = ["RetrofitError", "bundle_settings", "convert_qkv_model", "measure_retrofit", "train_bundle"]
 
 
-class RetrofitError(ValueError):
+class RetrofitError(KVMonaiError, ValueError):
     """The weights are not a QKV model of the bundle's architecture, or the bundle is not a KV bundle."""
 
 

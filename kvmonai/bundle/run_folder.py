@@ -14,7 +14,7 @@ from typing import IO, Any
 
 from monai.utils import optional_import
 
-from kvmonai.utils import as_flag
+from kvmonai.utils import KVMonaiError, as_flag
 
 Events, _ = optional_import("ignite.engine", name="Events")
 
@@ -23,7 +23,7 @@ __all__ = ["RUN_OUTPUTS", "RunGuard", "RunInUseError", "RunLock", "move_aside"]
 logger = logging.getLogger(__name__)
 
 
-class RunInUseError(RuntimeError):
+class RunInUseError(KVMonaiError, RuntimeError):
     """Another process is writing to the same run folder; nothing of it was touched."""
 
 

@@ -3,28 +3,29 @@
 ``python -m monai.bundle run`` passes command-line values through unchecked: ``--max_epochs abc`` or
 ``--img_size 0`` fail deep inside torch or ignite with a traceback, an empty training split fails in the sampler, a
 read-only output folder fails at the first checkpoint, and an unreachable ``MLFLOW_TRACKING_URI`` is retried for
-minutes. :func:`check_train_settings` runs as the first ``initialize`` step of ``train.json`` and raises
-:class:`SettingsError` at once instead. Its hook prints only the message (no traceback) when MONAI's runner lets the
-error reach the interpreter; ``KVMONAI_TRACEBACK=1`` shows the traceback.
+minutes. :func:`check_train_settings` runs as an early ``initialize`` step of ``train.json`` and raises
+:class:`SettingsError` at once instead; like every :class:`~kvmonai.utils.KVMonaiError`, it ends the run with its
+message alone (see :func:`kvmonai.portable.errors.report_errors`, the first ``initialize`` step).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SettingsError", "check_train_settings", "install_message_hook"]
+from kvmonai.utils import KVMonaiError, as_flag
+
+__all__ = ["SettingsError", "check_train_settings"]
 
 #: seconds to wait for a remote MLflow tracking server before refusing to start
 MLFLOW_TIMEOUT_S = 5.0
 
 
-class SettingsError(ValueError):
+class SettingsError(KVMonaiError, ValueError):
     """A bundle setting is invalid; the message names it and says what to do."""
 
 
@@ -106,9 +107,6 @@ def check_train_settings(
             output or checkpoint folder that is a file or not writable, or a remote tracking server that does
             not answer within :data:`MLFLOW_TIMEOUT_S`.
     """
-    from kvmonai.utils import as_flag
-
-    install_message_hook()
     _integer("max_epochs", max_epochs, 1)
     _integer("val_interval", val_interval, 1)
     _integer("img_size", img_size, 16, multiple_of=16)
@@ -124,29 +122,3 @@ def check_train_settings(
     if as_flag("mlflow", mlflow):
         _tracking(os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri or "")
     return True
-
-
-def _settings_error(e: BaseException | None) -> SettingsError | None:
-    seen = 0
-    while e is not None and seen < 20:
-        if isinstance(e, SettingsError):
-            return e
-        e, seen = e.__cause__ or e.__context__, seen + 1
-    return None
-
-
-def install_message_hook() -> None:
-    """Print a :class:`SettingsError` (also when wrapped by MONAI) as one line instead of a traceback."""
-    if getattr(sys.excepthook, "_kvmonai", False) or os.environ.get("KVMONAI_TRACEBACK") == "1":
-        return
-    previous = sys.excepthook
-
-    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
-        error = _settings_error(value)
-        if error is None:
-            previous(kind, value, tb)
-            return
-        print(f"error: {error} (KVMONAI_TRACEBACK=1 shows the traceback)", file=sys.stderr)
-
-    hook._kvmonai = True  # type: ignore[attr-defined]
-    sys.excepthook = hook

@@ -22,7 +22,7 @@ from kvmonai.bundle.checkpoint import CheckpointError, load_checkpoint, save_ato
 
 Events, _ = optional_import("ignite.engine", name="Events")
 
-__all__ = ["BestModelSaver", "EpochCheckpoint", "ResumeFromCheckpoint", "ValidationHandler"]
+__all__ = ["BestModelSaver", "EpochCheckpoint", "PeriodicAndFinalValidation", "ResumeFromCheckpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -183,8 +183,9 @@ class ResumeFromCheckpoint(CheckpointLoader):
         logger.info(f"resumed from {self.checkpoint} after epoch {engine.state.epoch}")
 
 
-class ValidationHandler(MonaiValidationHandler):
-    """MONAI's :class:`~monai.handlers.ValidationHandler`, which also validates after the last epoch.
+class PeriodicAndFinalValidation(MonaiValidationHandler):
+    """Validate every ``interval`` epochs and after the last epoch: MONAI's :class:`~monai.handlers.ValidationHandler`
+    plus the final epoch (a subclass under its own name, so that configs never mistake it for MONAI's class).
 
     With ``epoch_level`` MONAI validates after every ``interval``-th epoch only, so a run of 3 epochs with
     ``interval=5`` never validates: no best model is written and evaluation has nothing to load. Here the last epoch

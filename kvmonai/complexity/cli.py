@@ -11,11 +11,11 @@ __all__ = ["add_arguments", "run"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``kvmonai complexity``."""
-    from kvmonai.networks import ARCHITECTURES, EXTRA_ARCHITECTURES, PRESETS
+    from kvmonai.networks import EXTRA_ARCHITECTURES, PRESETS, STUDY_ARCHITECTURES
 
     parser.add_argument("--preset", default="paper", choices=PRESETS, help="network sizes (default: paper)")
     parser.add_argument("--format", default="md", choices=("md", "csv"), help="output format (default: md)")
-    parser.add_argument("--archs", nargs="+", choices=ARCHITECTURES + EXTRA_ARCHITECTURES,
+    parser.add_argument("--archs", nargs="+", choices=STUDY_ARCHITECTURES + EXTRA_ARCHITECTURES,
                         help="architectures (default: the five of the study; the timm backbones crossvit, swin and "
                         "nextvit by name)")  # fmt: skip
     parser.add_argument("--img-size", type=int, help="square input side (default: 224 paper, 128 small, 64 tiny)")

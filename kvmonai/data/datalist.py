@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from kvmonai.portable.errors import InputNotFoundError
+
 __all__ = ["assign_folds", "expand_slices", "load_datalist", "split_fold"]
 
 
@@ -82,9 +84,13 @@ def load_datalist(path: str | os.PathLike, key: str = "training") -> list[dict[s
         the entries, one per case-day volume.
 
     Raises:
+        InputNotFoundError: (a ``FileNotFoundError``) when ``path`` does not exist.
         ValueError: when the file lacks ``key``.
     """
     from monai.data import load_decathlon_datalist
+
+    if not Path(path).is_file():
+        raise InputNotFoundError(f"datalist {path}: no such file; write it with kvmonai prepare, or pass --datalist.")
 
     return load_decathlon_datalist(os.fspath(path), is_segmentation=True, data_list_key=key, base_dir=Path(path).parent)
 

@@ -3,8 +3,9 @@
 :func:`load_volume` accepts a NIfTI file, a DICOM series folder (or one DICOM file), or a folder of PNG slices
 (Kaggle-named ``slice_SSSS_W_H_PW_PH.png`` or any other names, sorted naturally) and returns what
 ``LoadImaged`` + ``EnsureChannelFirstd`` give for a ``kvmonai prepare`` image: a ``float32`` ``MetaTensor`` of
-shape ``(1, H, W, D)`` in orientation ``PLS``. NIfTI and DICOM go through :mod:`kvmonai.portable.volume` (the loader
-exported bundles carry, with its DICOM series checks); this module adds PNG folders, read with kvmonai's Kaggle
+shape ``(1, H, W, D)`` in orientation ``PLS``. NIfTI and DICOM go through
+:func:`~kvmonai.portable.volume.load_nifti_or_dicom` (the loader exported bundles carry, with its DICOM series
+checks); this module adds PNG folders, read with kvmonai's Kaggle
 reader or MONAI's ``PILReader``, which exported bundles do not need.
 """
 
@@ -25,9 +26,9 @@ from monai.utils import SpaceKeys
 
 from kvmonai.data.kaggle import SLICE_THICKNESS_MM, KaggleFormatError, parse_slice_filename, read_slice_png
 from kvmonai.data.prepare import kaggle_affine
+from kvmonai.portable.errors import InputFormatError, InputNotFoundError
 from kvmonai.portable.volume import CANONICAL_AXCODES, RAS_AXIS_LABELS, to_canonical
-from kvmonai.portable.volume import LoadVolumed as PortableLoadVolumed
-from kvmonai.portable.volume import load_volume as portable_load_volume
+from kvmonai.portable.volume import LoadNiftiOrDicomd, load_nifti_or_dicom
 
 __all__ = ["CANONICAL_AXCODES", "RAS_AXIS_LABELS", "LoadVolumed", "load_volume"]
 
@@ -73,7 +74,7 @@ def _load_png_folder(folder: Path, files: Sequence[Path], spacing: Sequence[floa
             try:
                 arr = np.asarray(loader(f))
             except Exception as e:  # PIL raises many types for broken files
-                raise ValueError(f"{f}: unreadable PNG ({e}); re-export the file.") from e
+                raise InputFormatError(f"{f}: unreadable PNG ({e}); re-export the file.") from e
             if arr.ndim != 2:
                 raise ValueError(f"{f}: shape {arr.shape}, expected a single-channel (grayscale) image.")
             if slices and arr.shape != slices[0].shape:
@@ -107,14 +108,15 @@ def load_volume(
         a ``MetaTensor`` whose ``affine`` maps voxels to RAS millimetres.
 
     Raises:
-        FileNotFoundError: when ``path`` does not exist.
-        ValueError: when the input kind is not recognised, is not single-channel 2D/3D, or holds NaN/inf voxels
+        InputNotFoundError: (a ``FileNotFoundError``) when ``path`` does not exist.
+        InputFormatError: (a ``ValueError``) when the input kind is not recognised or its reader fails.
+        ValueError: when the volume is not single-channel 2D/3D or holds NaN/inf voxels
             (:class:`~kvmonai.data.kaggle.KaggleFormatError` for malformed Kaggle PNGs,
             :class:`~kvmonai.portable.dicom.DicomInputError` for a DICOM input that is not one regular series).
     """
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"{p}: no such file or folder.")
+        raise InputNotFoundError(f"{p}: no such file or folder.")
     if p.is_file() and p.name.lower().endswith(".png"):
         return _load_png_folder(p.parent, [p], spacing)
     if p.is_dir():
@@ -122,16 +124,16 @@ def load_volume(
         if pngs:
             return _load_png_folder(p, pngs, spacing)
     try:
-        return portable_load_volume(p, dicom_reader, series)
-    except ValueError as e:
+        return load_nifti_or_dicom(p, dicom_reader, series)
+    except InputFormatError as e:
         if "not a NIfTI file" not in str(e):
             raise
         if p.is_dir():
-            raise ValueError(f"{p}: folder holds neither PNG slices nor DICOM files.") from None
-        raise ValueError(f"{p}: not a NIfTI (.nii/.nii.gz), NRRD, DICOM or PNG file.") from None
+            raise InputFormatError(f"{p}: folder holds neither PNG slices nor DICOM files.") from None
+        raise InputFormatError(f"{p}: not a NIfTI (.nii/.nii.gz), NRRD, DICOM or PNG file.") from None
 
 
-class LoadVolumed(PortableLoadVolumed):
+class LoadVolumed(LoadNiftiOrDicomd):
     """Dictionary transform around :func:`load_volume` (NIfTI, DICOM and PNG folders), for inference configs.
 
     Args:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kvmonai.utils import KVMonaiError
 from kvmonai.data.rle import RLEError, parse_rle, rle_decode, rle_end
 from kvmonai.utils import short_list
 
@@ -67,7 +68,7 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _MAX_LISTED = 5
 
 
-class KaggleFormatError(ValueError):
+class KaggleFormatError(KVMonaiError, ValueError):
     """The input does not follow the UW-Madison GI Tract Kaggle layout."""
 
 

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from kvmonai.utils import KVMonaiError
+
 __all__ = ["RLEError", "parse_rle", "rle_decode", "rle_encode", "rle_end"]
 
 
@@ -27,7 +29,7 @@ _INTEGER = re.compile(r"-?[0-9]+")
 _INTEGERS = re.compile(r"\s*-?[0-9]+(?:\s+-?[0-9]+)*\s*")
 
 
-class RLEError(ValueError):
+class RLEError(KVMonaiError, ValueError):
     """A run-length encoded string is malformed or does not fit the image it belongs to."""
 
 

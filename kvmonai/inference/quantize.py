@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from kvmonai.utils import KVMonaiError
+
 __all__ = [
     "QuantizationRefusedError",
     "QuantizationReport",
@@ -45,7 +47,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class QuantizationRefusedError(RuntimeError):
+class QuantizationRefusedError(KVMonaiError, RuntimeError):
     """The int8 model lost more accuracy than allowed; nothing was written."""
 
 

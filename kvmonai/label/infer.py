@@ -29,13 +29,14 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from kvmonai.label.bundles import BundleSpec
 from kvmonai.label.transforms import ChannelsToLabelMapd, RestoreInputGridd
+from kvmonai.utils import KVMonaiError
 
 __all__ = ["MissingWeightsError", "KVBundleInferTask"]
 
 logger = logging.getLogger(__name__)
 
 
-class MissingWeightsError(ValueError):
+class MissingWeightsError(KVMonaiError, ValueError):
     """A bundle has no ``models/model.pt`` yet; the message says how to train or get it."""
 
 

@@ -9,7 +9,8 @@ geometry (:func:`kvmonai.data.dicom_series.write_dicom_series`), DICOM folders a
 
 Network exposure: Orthanc 1.10 has no option to bind its HTTP server to one address, so it listens on every
 interface. ``RemoteAccessAllowed: false`` in the configuration makes it refuse every client other than 127.0.0.1
-(HTTP 403), and its DICOM (DIMSE) server is off, so only loopback clients can read or store anything.
+(HTTP 401 Unauthorized, from Orthanc's ``SendUnauthorized``), and its DICOM (DIMSE) server is off, so only loopback
+clients can read or store anything.
 
 Written here rather than taken from a library: no Python package starts and supervises an Orthanc process; the
 storage itself goes through ``dicomweb_client`` (STOW-RS).
@@ -31,7 +32,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvmonai.utils import write_text_atomic
+from kvmonai.utils import KVMonaiError, write_text_atomic
 
 __all__ = [
     "DICOMWEB_PLUGIN",
@@ -52,7 +53,7 @@ DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 _INSTALL_HINT = "install it with: sudo apt-get install orthanc orthanc-dicomweb (Debian/Ubuntu)"
 
 
-class PacsError(RuntimeError):
+class PacsError(KVMonaiError, RuntimeError):
     """Orthanc is missing, cannot start, or a store failed; the message says what to do."""
 
 

@@ -2,11 +2,11 @@
 architecture registry (``kvmonai.networks.registry``) and the :func:`create` factory."""
 
 from kvmonai.networks.factory import (
-    ARCHITECTURES,
     EXTRA_ARCHITECTURES,
     PRESET_IMG_SIZE,
     PRESETS,
     REFERENCES,
+    STUDY_ARCHITECTURES,
     TIMM_PREFIX,
     attentions_for,
     create,
@@ -14,12 +14,12 @@ from kvmonai.networks.factory import (
     network_class,
     pairs,
 )
-from kvmonai.networks.registry import ARCHITECTURE_REGISTRY, ATTENTIONS, Architecture, Attention, lookup
+from kvmonai.networks.registry import ARCHITECTURE_REGISTRY, ATTENTION_REGISTRY, Architecture, Attention, lookup
 
 __all__ = [
-    "ARCHITECTURES",
+    "STUDY_ARCHITECTURES",
     "ARCHITECTURE_REGISTRY",
-    "ATTENTIONS",
+    "ATTENTION_REGISTRY",
     "EXTRA_ARCHITECTURES",
     "Architecture",
     "Attention",

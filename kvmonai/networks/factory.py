@@ -15,7 +15,7 @@ from kvmonai.networks.registry import ARCHITECTURE_REGISTRY, PRESET_IMG_SIZE, PR
 from kvmonai.utils import check_option
 
 __all__ = [
-    "ARCHITECTURES",
+    "STUDY_ARCHITECTURES",
     "EXTRA_ARCHITECTURES",
     "PRESETS",
     "PRESET_IMG_SIZE",
@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 #: the transformer architectures the study compares (KV vs QKV), in report order
-ARCHITECTURES: tuple[str, ...] = tuple(
+STUDY_ARCHITECTURES: tuple[str, ...] = tuple(
     a.name for a in ARCHITECTURE_REGISTRY.values() if not a.reference_network and a.default_study
 )
 #: reference networks without attention, reported in their own rows (the CNN reference: ``unet`` / ``"cnn"``)
@@ -71,7 +71,7 @@ def pairs(archs: Sequence[str] | None = None, references: bool = False, extra: b
             (:data:`EXTRA_ARCHITECTURES`, after the references): every registered pair, as the bundles need.
     """
     default = archs is None
-    names = list(archs or ARCHITECTURES) + (list(REFERENCES) if references and default else [])
+    names = list(archs or STUDY_ARCHITECTURES) + (list(REFERENCES) if references and default else [])
     names += list(EXTRA_ARCHITECTURES) if extra and default else []
     return [(a, att) for a in names for att in attentions_for(a)]
 

@@ -60,7 +60,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kvmonai.utils import short_list
+from kvmonai.utils import KVMonaiError, short_list
 
 __all__ = [
     "FORMATS",
@@ -76,7 +76,7 @@ __all__ = [
 FORMATS: tuple[str, ...] = ("google_npz", "timm_vit", "monai_vit", "monai_swin", "timm", "kvmonai")
 
 
-class PretrainedError(ValueError):
+class PretrainedError(KVMonaiError, ValueError):
     """A pretrained-weights file cannot be read, is of an unknown layout, or does not fit the target network."""
 
 

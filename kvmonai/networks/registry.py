@@ -20,7 +20,15 @@ from torch import nn
 
 from kvmonai.utils import check_option
 
-__all__ = ["ARCHITECTURE_REGISTRY", "ATTENTIONS", "PRESETS", "PRESET_IMG_SIZE", "Architecture", "Attention", "lookup"]
+__all__ = [
+    "ARCHITECTURE_REGISTRY",
+    "ATTENTION_REGISTRY",
+    "PRESETS",
+    "PRESET_IMG_SIZE",
+    "Architecture",
+    "Attention",
+    "lookup",
+]
 
 #: network sizes every architecture defines (in its module's ``PRESETS``)
 PRESETS: tuple[str, ...] = ("paper", "small", "tiny")
@@ -44,7 +52,7 @@ class Attention:
 
 
 #: every attention an architecture may offer, in report order
-ATTENTIONS: Mapping[str, Attention] = MappingProxyType(
+ATTENTION_REGISTRY: Mapping[str, Attention] = MappingProxyType(
     {
         a.name: a
         for a in (
@@ -81,7 +89,7 @@ class Architecture:
     Args:
         name: registry key and bundle prefix (``"setr"``).
         target: ``"module:Class"`` of the network; imported on first use.
-        attentions: the attention variants it offers, in report order (keys of :data:`ATTENTIONS`).
+        attentions: the attention variants it offers, in report order (keys of :data:`ATTENTION_REGISTRY`).
         title: bundle title.
         short: what kind of network it is, in a few words.
         reference: the paper to cite.
@@ -89,7 +97,7 @@ class Architecture:
         attention_note: why an attention is missing, appended to the error for one it does not offer.
         channels_last: the bundles' inference default for ``channels_last`` memory format.
         img_sizes: input size per preset, where it differs from :data:`PRESET_IMG_SIZE`.
-        default_study: one of the transformers the default study compares (``kvmonai.networks.ARCHITECTURES``).
+        default_study: one of the transformers the default study compares (``kvmonai.networks.STUDY_ARCHITECTURES``).
             ``False`` for networks offered beside them (the timm backbones), which the study, benchmark and
             complexity commands take by name (``--archs``, ``--pairs``) and which have bundles all the same.
         presets_attr: the name of the preset dict in the network's module.
@@ -113,7 +121,7 @@ class Architecture:
 
     def __post_init__(self) -> None:
         for attention in self.attentions:
-            check_option(f"attention of {self.name!r}", attention, tuple(ATTENTIONS))
+            check_option(f"attention of {self.name!r}", attention, tuple(ATTENTION_REGISTRY))
 
     @property
     def network_class(self) -> type[nn.Module]:

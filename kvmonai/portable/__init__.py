@@ -10,13 +10,14 @@ Rules for every module here, checked by ``tests/bundle/test_export.py``:
   ``required_packages_version``), and sibling modules of this package by relative import;
 - nothing is imported at package import time, so ``import scripts`` in a bundle is free.
 
-Modules: :mod:`~kvmonai.portable.transforms` (2.5D slice transforms, gain-robust intensity scaling),
-:mod:`~kvmonai.portable.dicom` (DICOM series discovery and checks), :mod:`~kvmonai.portable.volume` (NIfTI and DICOM
-loading into the training volumes' orientation), :mod:`~kvmonai.portable.dicom_seg` (DICOM Segmentation output) and
-:mod:`~kvmonai.portable.network` (the exported network).
+Modules: :mod:`~kvmonai.portable.errors` (the base class of kvmonai's user-facing errors, and their one-line report
+at the end of a bundle run), :mod:`~kvmonai.portable.transforms` (2.5D slice transforms, gain-robust intensity
+scaling), :mod:`~kvmonai.portable.dicom` (DICOM series discovery and checks), :mod:`~kvmonai.portable.volume` (NIfTI
+and DICOM loading into the training volumes' orientation), :mod:`~kvmonai.portable.dicom_seg` (DICOM Segmentation
+output) and :mod:`~kvmonai.portable.network` (the exported network).
 """
 
 #: the modules ``kvmonai export`` copies into a bundle's ``scripts/``
-MODULES: tuple[str, ...] = ("transforms", "dicom", "volume", "dicom_seg", "network", "files")
+MODULES: tuple[str, ...] = ("errors", "transforms", "dicom", "volume", "dicom_seg", "network", "files")
 
 __all__ = ["MODULES"]

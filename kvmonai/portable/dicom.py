@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import KVMonaiError
+
 __all__ = ["GEOMETRY_TAGS", "DicomInputError", "DicomSeries", "find_series", "is_dicom_file"]
 
 #: the tags a slice needs for its position in the patient (checked on every file)
@@ -28,7 +30,7 @@ _SPACING_RTOL = 0.05
 _ATOL = 1e-4
 
 
-class DicomInputError(ValueError):
+class DicomInputError(KVMonaiError, ValueError):
     """A DICOM input that is not one regular image series; the message names the folder, series and files."""
 
 

@@ -230,7 +230,7 @@ class SaveDicomSegd(MapTransform):
     """Post-processing transform: write each prediction as a DICOM SEG next to the NIfTI mask.
 
     The prediction must be on the loaded volume's grid (after ``Invertd``), with the metadata that
-    :class:`~kvmonai.portable.volume.LoadVolumed` sets for DICOM inputs. The file is
+    :class:`~kvmonai.portable.volume.LoadNiftiOrDicomd` sets for DICOM inputs. The file is
     ``<output_dir>/<input name><output_postfix>.dcm``.
 
     Args:

@@ -14,6 +14,8 @@ import os
 import torch
 from torch import nn
 
+from .errors import InputFormatError, InputNotFoundError
+
 __all__ = ["ExportedNetwork"]
 
 
@@ -25,18 +27,18 @@ class ExportedNetwork(nn.Module):
         device: where to run it (default CPU).
 
     Raises:
-        FileNotFoundError: when ``path`` does not exist.
-        ValueError: when ``path`` is not an exported program.
+        InputNotFoundError: (a ``FileNotFoundError``) when ``path`` does not exist.
+        InputFormatError: (a ``ValueError``) when ``path`` is not an exported program.
     """
 
     def __init__(self, path: str | os.PathLike, device: str | torch.device | None = None) -> None:
         super().__init__()
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: no such exported network; the bundle's models/ folder is incomplete.")
+            raise InputNotFoundError(f"{path}: no such exported network; the bundle's models/ folder is incomplete.")
         try:
             program = torch.export.load(os.fspath(path))
         except Exception as e:  # torch raises several types for foreign or truncated files
-            raise ValueError(f"{path}: not a torch.export program ({e}); export the bundle again.") from e
+            raise InputFormatError(f"{path}: not a torch.export program ({e}); export the bundle again.") from e
         device = torch.device(device or "cpu")
         if device.type != "cpu":
             from torch.export.passes import move_to_device_pass

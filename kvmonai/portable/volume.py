@@ -2,7 +2,7 @@
 
 Training volumes (``kvmonai prepare``) are float32 arrays of rows x columns x slices in orientation ``PLS`` (rows
 posterior, columns patient-left, slices superior), so that ``[0, ..., z]`` looks like an axial slice in
-radiological display. :func:`load_volume` reads NIfTI with MONAI's ``NibabelReader`` and DICOM with MONAI's
+radiological display. :func:`load_nifti_or_dicom` reads NIfTI with MONAI's ``NibabelReader`` and DICOM with MONAI's
 ``ITKReader`` (default) or ``PydicomReader``, after :func:`~kvmonai.portable.dicom.find_series` has checked that
 the DICOM input is one regular series, and reorients with MONAI's ``Orientation``.
 
@@ -10,6 +10,11 @@ DICOM volumes carry two extra metadata items, ``dicom_source`` (the file or fold
 (the SeriesInstanceUID read), which :class:`~kvmonai.portable.dicom_seg.SaveDicomSegd` uses to reference the source
 images. MONAI's ``LoadImage`` alone would read a folder of two series as one (ITK) or mix them (pydicom), which is
 why this loader exists.
+
+This is the loader an exported bundle carries. kvmonai's own loader, :func:`kvmonai.data.load_volume` and
+:class:`kvmonai.data.LoadVolumed` (what the bundles' ``inference.json`` names), adds folders of PNG slices and
+passes every other input to :func:`load_nifti_or_dicom`; ``kvmonai export`` replaces it by
+:class:`LoadNiftiOrDicomd`.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from .dicom import DicomInputError, find_series, is_dicom_file
+from .errors import InputFormatError, InputNotFoundError
 
 __all__ = [
     "CANONICAL_AXCODES",
@@ -34,8 +40,8 @@ __all__ = [
     "DICOM_SOURCE_KEY",
     "NIFTI_SUFFIXES",
     "RAS_AXIS_LABELS",
-    "LoadVolumed",
-    "load_volume",
+    "LoadNiftiOrDicomd",
+    "load_nifti_or_dicom",
     "to_canonical",
 ]
 
@@ -153,7 +159,9 @@ def _check_grid(
         )
 
 
-def load_volume(path: str | os.PathLike, dicom_reader: str = "itk", series: str | int | None = None) -> MetaTensor:
+def load_nifti_or_dicom(
+    path: str | os.PathLike, dicom_reader: str = "itk", series: str | int | None = None
+) -> MetaTensor:
     """Load a NIfTI file or a DICOM series (folder or single file) as a ``(1, H, W, D)`` float32 volume in ``PLS``.
 
     Args:
@@ -166,29 +174,32 @@ def load_volume(path: str | os.PathLike, dicom_reader: str = "itk", series: str 
         a ``MetaTensor`` whose ``affine`` maps voxels to RAS millimetres.
 
     Raises:
-        FileNotFoundError: when ``path`` does not exist.
+        InputNotFoundError: (a ``FileNotFoundError``) when ``path`` does not exist.
+        InputFormatError: (a ``ValueError``) when the input kind is not recognised or its reader fails.
         DicomInputError: for a DICOM input that is not one regular series (see
             :func:`~kvmonai.portable.dicom.find_series`).
-        ValueError: when the input kind is not recognised, is not single-channel 2D/3D, or holds NaN/inf voxels.
+        ValueError: when the volume is not single-channel 2D/3D, or holds NaN/inf voxels.
     """
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"{p}: no such file or folder.")
+        raise InputNotFoundError(f"{p}: no such file or folder.")
     reader = _reader(dicom_reader)
     for suffixes, file_reader in ((NIFTI_SUFFIXES, "NibabelReader"), (NRRD_SUFFIXES, "ITKReader")):
         if p.is_file() and p.name.lower().endswith(suffixes):
             try:
                 img = _read(file_reader, p)
             except Exception as e:  # readers raise many types on broken files
-                raise ValueError(f"{p}: {file_reader} could not read the file ({e}).") from e
+                raise InputFormatError(f"{p}: {file_reader} could not read the file ({e}).") from e
             return to_canonical(img, p)
     if (p.is_file() and is_dicom_file(p)) or (p.is_dir() and any(is_dicom_file(e) for e in p.iterdir() if e.is_file())):
         return _load_dicom(p, reader, series)
-    raise ValueError(f"{p}: not a NIfTI file (.nii/.nii.gz), an NRRD file, a DICOM file or a folder of DICOM files.")
+    raise InputFormatError(
+        f"{p}: not a NIfTI file (.nii/.nii.gz), an NRRD file, a DICOM file or a folder of DICOM files."
+    )
 
 
-class LoadVolumed(MapTransform):
-    """Dictionary transform around :func:`load_volume`, for inference configs.
+class LoadNiftiOrDicomd(MapTransform):
+    """Dictionary transform around :func:`load_nifti_or_dicom`, for inference configs.
 
     Args:
         keys: keys holding paths.
@@ -211,7 +222,7 @@ class LoadVolumed(MapTransform):
 
     def load(self, path: str | os.PathLike) -> MetaTensor:
         """One input as a volume (subclasses add input kinds here)."""
-        return load_volume(path, self.dicom_reader, self.series)
+        return load_nifti_or_dicom(path, self.dicom_reader, self.series)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         """Load every key.

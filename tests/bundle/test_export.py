@@ -240,3 +240,28 @@ def test_export_scripts_are_the_package_code_and_large_files(tmp_path, copy_bund
     assert 'path: "models/model.pt2"' in large and summary.program_sha256 in large and "sha256" in large
     cfg = json.loads((tmp_path / "exp" / "configs" / "inference.json").read_text())
     assert cfg["img_size"] == SIZE and "preset" not in cfg and cfg["network_def"]["_target_"].startswith("scripts.")
+
+
+def test_exported_bundle_reports_a_missing_input_in_one_line(tmp_path, copy_bundle):
+    """A kvmonai error inside the exported bundle (here: its input) ends the output, without kvmonai installed."""
+    import torch
+
+    from kvmonai.networks import create
+
+    root = copy_bundle("setr_kv", tmp_path)
+    (root / "models").mkdir()
+    torch.save(create("setr", "kv", "tiny", img_size=SIZE).state_dict(), root / "models" / "model.pt")
+    exported = tmp_path / "exp"
+    export_bundle(root, root / "models" / "model.pt", exported, {"preset": "tiny", "img_size": SIZE})
+    config = json.loads((exported / "configs" / "inference.json").read_text())
+    assert config["run"][0]["_target_"] == "scripts.errors.report_errors"  # initialize cannot import scripts/
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    missing = tmp_path / "nonexistent.nii.gz"
+    done = _run_without_kvmonai(exported, missing, tmp_path / "out", outside)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    last = done.stderr.splitlines()[-1]
+    assert last == f"error: {missing}: no such file or folder. (KVMONAI_TRACEBACK=1 shows the traceback)", output
+    assert "Traceback" not in output and len(output.splitlines()) < 25, output

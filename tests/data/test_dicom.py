@@ -15,7 +15,7 @@ from kvmonai.data.dicom_series import rotation, write_dicom_series
 from kvmonai.data.prepare import ORIENTATION, kaggle_affine
 from kvmonai.portable.dicom import DicomInputError, find_series
 from kvmonai.portable.dicom_seg import SEGMENT_CODES, SaveDicomSegd, mask_on_source_grid
-from kvmonai.portable.volume import CANONICAL_AXCODES, load_volume
+from kvmonai.portable.volume import CANONICAL_AXCODES, load_nifti_or_dicom
 
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type:DeprecationWarning")  # ITK's SWIG bindings
 pydicom = pytest.importorskip("pydicom")
@@ -38,7 +38,7 @@ def _seg_round_trip(folder: Path, out: Path, reader: str = "itk") -> tuple[np.nd
     Returns the SEG frames ``(n, rows, cols, 3)`` in source order, the truth from the source pixels, the SEG dataset
     and the source datasets.
     """
-    img = load_volume(folder, dicom_reader=reader)
+    img = load_nifti_or_dicom(folder, dicom_reader=reader)
     mask = torch.cat([img > t for t in THRESHOLDS]).float()
     pred = MetaTensor(mask, affine=img.affine, meta=dict(img.meta))
     writer = SaveDicomSegd("pred", out, LABELS, "setr_kv", "0.1.0")
@@ -107,8 +107,8 @@ def test_pydicom_reader_wrong_geometry_is_refused(tmp_path):
     """MONAI's PydicomReader gives an identity affine for this oblique series; the loader refuses it."""
     info = write_dicom_series(_volume(), kaggle_affine((1.5, 1.5, 3.0)), tmp_path / "s", tilt=rotation(20, (1, 1, 0)))
     with pytest.raises(DicomInputError, match="does not match the headers.*dicom_reader 'itk'"):
-        load_volume(info.folder, dicom_reader="pydicom")
-    assert tuple(load_volume(info.folder, dicom_reader="itk").shape) == (1, 40, 56, 6)
+        load_nifti_or_dicom(info.folder, dicom_reader="pydicom")
+    assert tuple(load_nifti_or_dicom(info.folder, dicom_reader="itk").shape) == (1, 40, 56, 6)
 
 
 def test_mask_off_the_grid_is_refused(tmp_path):
@@ -139,12 +139,12 @@ def test_two_series_are_listed_and_one_can_be_chosen(tmp_path):
     for f in b.files:
         shutil.copy(f, a / f"b_{f.name}")
     with pytest.raises(DicomInputError, match=r"(?s)holds 2 image series.*series 1 'synthetic abdominal MR'.*series 7 'T2'"):
-        load_volume(a)
-    assert load_volume(a, series=b.series_uid).shape[-1] == 4
-    assert load_volume(a, series="7").shape[-1] == 4
-    assert load_volume(a, series=1).shape[-1] == 6
+        load_nifti_or_dicom(a)
+    assert load_nifti_or_dicom(a, series=b.series_uid).shape[-1] == 4
+    assert load_nifti_or_dicom(a, series="7").shape[-1] == 4
+    assert load_nifti_or_dicom(a, series=1).shape[-1] == 6
     with pytest.raises(DicomInputError, match="'9': no such SeriesInstanceUID or SeriesNumber"):
-        load_volume(a, series=9)
+        load_nifti_or_dicom(a, series=9)
 
 
 @pytest.mark.parametrize(
@@ -181,7 +181,7 @@ def test_irregular_series_is_refused_by_name(tmp_path, damage, message):
     if third.exists() and damage != "not_dicom":
         ds.save_as(third)
     with pytest.raises(DicomInputError, match=message) as err:
-        load_volume(folder)
+        load_nifti_or_dicom(folder)
     assert str(folder) in str(err.value)
 
 

@@ -15,7 +15,7 @@ from kvmonai.inference import (
     optimize_for_inference,
 )
 from kvmonai.inference.optimize import _cpu_has_fast_bf16
-from kvmonai.networks import ARCHITECTURES, create
+from kvmonai.networks import STUDY_ARCHITECTURES, create
 
 
 def _trained_looking(net: torch.nn.Module) -> torch.nn.Module:
@@ -31,7 +31,7 @@ def _trained_looking(net: torch.nn.Module) -> torch.nn.Module:
     return net.eval()
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", STUDY_ARCHITECTURES)
 def test_optimize_for_inference_keeps_the_function(arch):
     torch.manual_seed(0)
     net = _trained_looking(create(arch, "kv", "tiny", img_size=64))

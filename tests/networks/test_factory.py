@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from kvmonai.networks import ARCHITECTURES, attentions_for, create, init_output_bias, pairs
+from kvmonai.networks import STUDY_ARCHITECTURES, attentions_for, create, init_output_bias, pairs
 
 SIZE = 64  # the tiny preset's size; SwinUNETR needs sides divisible by 32 and a >1 pixel bottleneck
 
@@ -51,14 +51,14 @@ def test_pair_trains_on_random_data(arch, attention):
     assert losses[-1] < losses[0], losses
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", STUDY_ARCHITECTURES)
 @pytest.mark.parametrize("in_channels", [1, 5])
 def test_single_slice_and_25d_inputs(arch, in_channels):
     net = create(arch, "kv", "tiny", in_channels=in_channels, out_channels=3, img_size=SIZE).eval()
     assert net(torch.randn(1, in_channels, SIZE, SIZE)).shape == (1, 3, SIZE, SIZE)
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", STUDY_ARCHITECTURES)
 def test_deterministic_init_and_trace(arch, tmp_path):
     torch.manual_seed(7)
     a = create(arch, "kv", "tiny", img_size=SIZE)
@@ -75,7 +75,7 @@ def test_deterministic_init_and_trace(arch, tmp_path):
     torch.testing.assert_close(torch.jit.load(str(path))(x), a(x), atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", STUDY_ARCHITECTURES)
 def test_no_parameters_created_in_forward(arch):
     net = create(arch, "kvpos" if arch != "swin_unetr" else "kv", "tiny", img_size=SIZE)
     before = {n: p.data_ptr() for n, p in net.named_parameters()}

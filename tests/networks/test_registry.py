@@ -7,12 +7,12 @@ import torch
 
 from kvmonai.networks import (
     ARCHITECTURE_REGISTRY,
-    ARCHITECTURES,
-    ATTENTIONS,
+    ATTENTION_REGISTRY,
     EXTRA_ARCHITECTURES,
     PRESET_IMG_SIZE,
     PRESETS,
     REFERENCES,
+    STUDY_ARCHITECTURES,
     Architecture,
     attentions_for,
     create,
@@ -24,10 +24,10 @@ from kvmonai.utils import check_option
 
 
 def test_lists_derive_from_the_registry():
-    assert ARCHITECTURES == ("setr", "transunet", "cvt", "unetr", "swin_unetr")
+    assert STUDY_ARCHITECTURES == ("setr", "transunet", "cvt", "unetr", "swin_unetr")
     assert REFERENCES == ("unet",)
     assert EXTRA_ARCHITECTURES == ("crossvit", "swin", "nextvit")  # timm backbones, outside the default study
-    assert set(ARCHITECTURE_REGISTRY) == set(ARCHITECTURES) | set(REFERENCES) | set(EXTRA_ARCHITECTURES)
+    assert set(ARCHITECTURE_REGISTRY) == set(STUDY_ARCHITECTURES) | set(REFERENCES) | set(EXTRA_ARCHITECTURES)
     assert len(pairs()) == 14 and len(pairs(references=True)) == 15
     assert pairs(references=True, extra=True) == [*pairs(references=True), *pairs(EXTRA_ARCHITECTURES)]
     assert len(pairs(EXTRA_ARCHITECTURES)) == 6
@@ -66,7 +66,7 @@ def test_records_reject_unknown_attentions_and_names():
         lookup("vit")
     with pytest.raises(ValueError, match="preset must be one of"):
         lookup("setr").img_size("huge")
-    assert [a.title for a in ATTENTIONS.values()] == ["QKV", "KV", "KV+Pos", "no"]
+    assert [a.title for a in ATTENTION_REGISTRY.values()] == ["QKV", "KV", "KV+Pos", "no"]
 
 
 def test_check_option_names_the_argument_and_the_fix():

@@ -48,7 +48,7 @@ def test_metrics_from_per_case_sums_equal_the_evaluation_summary(tmp_path):
     assert metric_values(total, "jaccard") == pytest.approx(summary["jaccard"], abs=1e-6)
     assert metric_values(total, "weighted_jaccard") == pytest.approx(summary["weighted_jaccard"], abs=1e-6)
     assert metric_values(total, "score") == pytest.approx(summary["competition"]["skip"]["score"], abs=1e-5)
-    for c, organ in enumerate(CLASSES):
+    for organ in CLASSES:
         assert metric_values(total, "jaccard", organ) == pytest.approx(summary["class_jaccard"][organ], abs=1e-6)
     # a weighted resample is the metric of the repeated volumes: case 1 twice, case 2 not at all
     repeated = stats[0] + 2 * stats[1]

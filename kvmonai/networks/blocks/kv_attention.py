@@ -325,7 +325,8 @@ class KVSelfAttention(nn.Module):
             ``to_v`` layers.
         use_flash_attention: accepted for ``SABlock`` compatibility; attention always goes through
             ``scaled_dot_product_attention``, which picks the fused kernel itself.
-        attention: ``"qkv"``, ``"kv"`` or ``"kvpos"``.
+        attention: ``"qkv"`` (default, like ``kvmonai.networks.create``: the drop-in behaves as ``SABlock`` until a
+            variant is named), ``"kv"`` or ``"kvpos"``.
         pos_channels: number ``m`` of sinusoidal channels of the KV+Pos correction (Borji: 50).
 
     Raises:
@@ -357,7 +358,7 @@ class KVSelfAttention(nn.Module):
         include_fc: bool = True,
         use_combined_linear: bool = True,
         use_flash_attention: bool = False,
-        attention: str = "kv",
+        attention: str = "qkv",
         pos_channels: int = 50,
     ) -> None:
         super().__init__()

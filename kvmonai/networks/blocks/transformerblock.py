@@ -34,7 +34,7 @@ class KVTransformerBlock(TransformerBlock):
         use_flash_attention: accepted for compatibility; attention always uses ``scaled_dot_product_attention``.
         include_fc: include the attention output projection.
         use_combined_linear: fused input projection.
-        attention: ``"qkv"``, ``"kv"`` or ``"kvpos"``.
+        attention: ``"qkv"`` (default, like ``kvmonai.networks.create``), ``"kv"`` or ``"kvpos"``.
         pos_channels: channels ``m`` of the KV+Pos correction.
         layer_norm_eps: epsilon of the two pre-norm ``LayerNorm`` layers (MONAI: 1e-5; ViT/TransUNet: 1e-6).
         attention_dropout_rate: dropout of the attention weights and output when it differs from the MLP's
@@ -58,7 +58,7 @@ class KVTransformerBlock(TransformerBlock):
         use_flash_attention: bool = False,
         include_fc: bool = True,
         use_combined_linear: bool = True,
-        attention: str = "kv",
+        attention: str = "qkv",
         pos_channels: int = 50,
         layer_norm_eps: float = 1e-5,
         attention_dropout_rate: float | None = None,

@@ -46,7 +46,7 @@ class KVWindowAttention(WindowAttention):
         attn_drop: attention dropout rate.
         proj_drop: output dropout rate.
         use_flash_attention: accepted for compatibility; SDPA is always used.
-        attention: ``"qkv"`` or ``"kv"``.
+        attention: ``"qkv"`` (default, like ``kvmonai.networks.create``: MONAI's window attention) or ``"kv"``.
 
     Raises:
         ValueError: if ``attention`` is not one of :data:`WINDOW_ATTENTION_VARIANTS`.
@@ -61,7 +61,7 @@ class KVWindowAttention(WindowAttention):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         use_flash_attention: bool = False,
-        attention: str = "kv",
+        attention: str = "qkv",
     ) -> None:
         check_option("attention", attention, WINDOW_ATTENTION_VARIANTS, WINDOW_KVPOS_NOTE)
         super().__init__(dim, num_heads, window_size, qkv_bias, attn_drop, proj_drop, use_flash_attention)

@@ -3,7 +3,9 @@
 The layout follows the reference implementation (github.com/Beckschen/TransUNet, ``networks/vit_seg_modeling.py``
 and ``networks/vit_seg_modeling_resnet_skip.py``) parameter for parameter: with 3 input channels, 3 classes and
 224 x 224 inputs the ``"paper"`` preset has exactly 105,276,211 parameters with QKV attention, 98,189,107 with KV
-and 98,189,719 with KV+Pos (12 x 51 more). Trained from scratch here; ImageNet-21k weights are not loaded.
+and 98,189,719 with KV+Pos (12 x 51 more). Built with random weights; the reference's ImageNet-21k R50+ViT-B/16
+weights (Google's ``.npz``) load with :func:`kvmonai.networks.pretrained.load_pretrained` (a bundle's
+``--pretrained``), the query projections dropped for KV.
 
 Deliberate differences from the reference, none of which changes a parameter:
 
@@ -15,7 +17,7 @@ Deliberate differences from the reference, none of which changes a parameter:
 * in the decoder MONAI's ``UpCat`` concatenates ``[skip, upsampled]`` (reference ``[upsampled, skip]``).
 
 Measured on the 2-core development CPU (torch 2.13, float32, 3 input channels, 3 classes; command
-``.venv/bin/python scripts/cvt_kv.py timing``): one training step (forward, backward, Adam update) of the
+``.venv/bin/python research/cvt_kv.py timing``): one training step (forward, backward, Adam update) of the
 ``"small"`` preset (3.30 M parameters with QKV) at 128 x 128 with batch 8 takes 0.29 s with one thread on the shared
 machine (0.17 s with two threads when it was otherwise idle); a forward pass of the ``"tiny"`` preset (batch 1,
 1 channel) takes about 1.2 ms at 32 x 32 and 1.8 ms at 64 x 64.

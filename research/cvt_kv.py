@@ -2,9 +2,9 @@
 
 Usage (from the repository root)::
 
-    .venv/bin/python scripts/cvt_kv.py complexity
-    .venv/bin/python scripts/cvt_kv.py train --steps 800 --size 64 --seeds 0 1
-    .venv/bin/python scripts/cvt_kv.py timing
+    .venv/bin/python research/cvt_kv.py complexity
+    .venv/bin/python research/cvt_kv.py train --steps 800 --size 64 --seeds 0 1
+    .venv/bin/python research/cvt_kv.py timing
 
 ``complexity`` prints parameters and MACs of every attention/key-mode variant at the ``paper`` preset (224 x 224,
 3 input channels, 3 classes), for the whole network and for the encoder. ``train`` trains every variant at the

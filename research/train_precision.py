@@ -12,7 +12,7 @@ For each architecture (KV variant, plus the CNN reference) at the study's settin
 On a CPU without native bf16 (no AVX512-BF16 / AMX) bf16 is emulated and slow: the table then says so, and the
 bundles' ``precision: auto`` keeps fp32 there.
 
-Usage: python scripts/train_precision.py [--archs setr cvt ...] [--steps 40] [--datalist ...] [--out FILE.md]
+Usage: python research/train_precision.py [--archs setr cvt ...] [--steps 40] [--datalist ...] [--out FILE.md]
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def main() -> None:
     batches = _batches(args.datalist, args.steps, args.img_size)
     native = _cpu_has_fast_bf16()
     lines = [
-        f"`python scripts/train_precision.py --steps {args.steps} --repeats {args.repeats}`, "
+        f"`python research/train_precision.py --steps {args.steps} --repeats {args.repeats}`, "
         f"{time.strftime('%Y-%m-%d')}, CPU with {torch.get_num_threads()} threads, native bf16: {native}; "
         f"preset small at {args.img_size}x{args.img_size}, batch {batches[0][0].shape[0]} slices; loss: mean of the "
         f"last 10 of {args.steps} steps on the same batches",

@@ -11,7 +11,7 @@ computed as the bundles compute it: probabilities resized bilinearly to the labe
 pixels pooled over the validation fold, mean over the classes. The augmentation runs batched on tensors rather than
 through MONAI's per-sample transforms, so absolute times are lower than a bundle run's.
 
-Usage: python scripts/recipe_probe.py --arch cvt --steps 300 [--bs 8 --lr 2e-3 --size 64 --prior 0.02 ...]
+Usage: python research/recipe_probe.py --arch cvt --steps 300 [--bs 8 --lr 2e-3 --size 64 --prior 0.02 ...]
 """
 
 from __future__ import annotations

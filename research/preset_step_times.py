@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Training-step time of every architecture/attention pair at the small preset (128x128, batch 8, AdamW, 2 threads).
 
-Usage: python scripts/preset_step_times.py   (prints arch,attention,median seconds of steps 3-7)
+Usage: python research/preset_step_times.py   (prints arch,attention,median seconds of steps 3-7)
 
 A quick check that the small preset fits a 2-core CPU; for careful speed comparisons use a benchmark that
 interleaves the variants and reports spread.

@@ -6,7 +6,7 @@ product), then runs ``kvmonai benchmark --suites case`` for the chosen bundles u
 process, and writes a markdown table with seconds per case and each case's FLOPs over its time as a fraction of the
 ceiling of the precision it ran in.
 
-    python scripts/runtime_table.py --archs setr --attentions qkv kv kvpos --out docs/measured/benchmark_runtime.md
+    python research/runtime_table.py --archs setr --attentions qkv kv kvpos --out docs/measured/benchmark_runtime.md
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from kvmonai.benchmark.case import benchmark_case
 from kvmonai.benchmark.timing import gemm_throughput, openvino_gemm_throughput
 from kvmonai.complexity import count_macs
-from kvmonai.networks import ARCHITECTURES, PRESET_IMG_SIZE, attentions_for, create
+from kvmonai.networks import PRESET_IMG_SIZE, STUDY_ARCHITECTURES, attentions_for, create
 from kvmonai.utils import csv_text, markdown_table, write_text_atomic
 
 SETTINGS = ("fp32", "fast", "openvino", "openvino-int8")
@@ -40,7 +40,7 @@ def _cpu() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--archs", nargs="+", choices=ARCHITECTURES, default=list(ARCHITECTURES))
+    parser.add_argument("--archs", nargs="+", choices=STUDY_ARCHITECTURES, default=list(STUDY_ARCHITECTURES))
     parser.add_argument("--attentions", nargs="+", default=["kv"], choices=("qkv", "kv", "kvpos"))
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS,
                         help="case settings; 'fast' is the reference of the ratios (default: all four)")  # fmt: skip

@@ -5,7 +5,7 @@ Levers: fp32 eager (baseline), bf16 autocast, + channels-last, + exact rewrites 
 standardisation), TorchScript trace + freeze of the bf16 network, and torch.compile (inductor, freezing) whose
 compile time is reported apart. The bundles keep what pays for a single case (see docs/benchmarks.md).
 
-    python scripts/inference_levers.py --arch setr --batch 16
+    python research/inference_levers.py --arch setr --batch 16
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import torch
 
 from kvmonai.benchmark.timing import gemm_throughput, time_interleaved
 from kvmonai.inference import optimize_for_inference
-from kvmonai.networks import ARCHITECTURES, create
+from kvmonai.networks import STUDY_ARCHITECTURES, create
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", choices=ARCHITECTURES, default="setr")
+    parser.add_argument("--arch", choices=STUDY_ARCHITECTURES, default="setr")
     parser.add_argument("--attention", default="kv")
     parser.add_argument("--batch", type=int, default=16, help="slices per call (default: 16, the bundles' value)")
     parser.add_argument("--repeats", type=int, default=5)

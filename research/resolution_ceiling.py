@@ -9,7 +9,7 @@ Two ways back are compared:
 * ``area``: the label averaged over each output pixel (the bundles' training target: the fraction covered), the
   probabilities resized back bilinearly and thresholded at 0.5 (the bundles' evaluation and inference).
 
-Usage: python scripts/resolution_ceiling.py [--datalist data/prepared/synthetic/datalist.json] [--sizes 64 96 128]
+Usage: python research/resolution_ceiling.py [--datalist data/prepared/synthetic/datalist.json] [--sizes 64 96 128]
 """
 
 from __future__ import annotations
