@@ -1,8 +1,9 @@
-"""Runtime pieces of the kvmonai MONAI bundles (handlers, checkpoints) and the bundle generator."""
+"""Runtime pieces of the kvmonai MONAI bundles (handlers, evaluation, settings checks, opening a bundle as a workflow
+or a network) and the bundle generator. Checkpoint files (:mod:`kvmonai.networks.checkpoint`) are re-exported."""
 
-from kvmonai.bundle.checkpoint import CheckpointError, load_checkpoint, load_weights, save_atomic
 from kvmonai.bundle.evaluation import EvaluationReport
 from kvmonai.bundle.handlers import (
+    RUN_OUTPUTS,
     BestModelSaver,
     EpochCheckpoint,
     OptimizeForInference,
@@ -14,12 +15,16 @@ from kvmonai.bundle.handlers import (
     ValidationHandler,
     WeightsLoader,
     lock_run_folder,
+    move_aside,
+    read_metrics_csv,
     release_run_folder,
 )
 from kvmonai.bundle.settings import SettingsError, check_train_settings
-from kvmonai.bundle.workflow import bundle_workflow
+from kvmonai.bundle.workflow import bundle_network, bundle_workflow
+from kvmonai.networks import CheckpointError, load_checkpoint, load_weights, save_atomic
 
 __all__ = [
+    "RUN_OUTPUTS",
     "BestModelSaver",
     "CheckpointError",
     "EpochCheckpoint",
@@ -33,11 +38,14 @@ __all__ = [
     "SettingsError",
     "ValidationHandler",
     "WeightsLoader",
+    "bundle_network",
     "bundle_workflow",
     "check_train_settings",
     "load_checkpoint",
     "load_weights",
     "lock_run_folder",
+    "move_aside",
+    "read_metrics_csv",
     "release_run_folder",
     "save_atomic",
 ]

@@ -16,7 +16,7 @@ from monai.handlers import CheckpointLoader
 from monai.handlers import ValidationHandler as MonaiValidationHandler
 from monai.utils import optional_import
 
-from kvmonai.bundle.checkpoint import CheckpointError, load_checkpoint, save_atomic, state_mismatch
+from kvmonai.networks import CheckpointError, load_checkpoint, save_atomic, state_mismatch
 from kvmonai.utils import as_flag, csv_text, pyplot, save_figure, write_text_atomic
 
 Events, _ = optional_import("ignite.engine", name="Events")
@@ -609,7 +609,7 @@ class WeightsLoader:
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Any) -> None:
-        from kvmonai.bundle.checkpoint import load_weights
+        from kvmonai.networks import load_weights
 
         load_weights(getattr(self.network, "module", self.network), self.path)
         logger.info(f"loaded weights from {self.path}")
@@ -654,7 +654,7 @@ class PretrainedLoader:
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Any) -> None:
-        from kvmonai.networks.pretrained import load_pretrained
+        from kvmonai.networks import load_pretrained
 
         self.report = load_pretrained(_unwrap(self.network), self.path, strict=self.strict)
         logger.info(self.report.summary())

@@ -102,8 +102,7 @@ def measure_paired_latency(
         ran.
     """
     from kvmonai.benchmark.timing import forward_call, time_interleaved
-    from kvmonai.bundle.checkpoint import load_weights
-    from kvmonai.networks import create
+    from kvmonai.networks import create, load_weights
 
     first: dict[tuple[str, str], dict[str, Any]] = {}
     for r in results:
@@ -215,7 +214,7 @@ def _reusable(run_dir: Path, fingerprint: dict[str, Any]) -> tuple[bool, str]:
 def _run_one(
     cfg: StudyConfig, arch: str, attention: str, fold: int, seed: int, parent_id: str | None, fingerprint: dict
 ) -> dict:
-    from kvmonai.bundle.checkpoint import load_checkpoint
+    from kvmonai.networks import load_checkpoint
 
     name = f"{arch}_{attention}"
     run_dir = (cfg.out / "runs" / f"{name}_fold{fold}_seed{seed}").resolve()

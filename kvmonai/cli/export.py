@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     Returns:
         0 when the bundle was written, 2 for invalid input (nothing written).
     """
-    from kvmonai.bundle.export import ExportError, export_bundle
+    from kvmonai.export import ExportError, export_bundle
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     try:

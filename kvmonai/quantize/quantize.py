@@ -35,7 +35,6 @@ import torch
 __all__ = [
     "QuantizationRefusedError",
     "QuantizationReport",
-    "bundle_network",
     "calibration_batches",
     "install_int8_model",
     "quantize_bundle",
@@ -68,37 +67,6 @@ class QuantizationReport:
     voxels_differing: float
     quantized_inputs: dict[str, int] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
-
-
-def _parser(bundle: Path, overrides: Mapping[str, Any]) -> Any:
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.json"))
-    parser.update({"bundle_root": str(bundle), **overrides})
-    return parser
-
-
-def bundle_network(
-    bundle: str | os.PathLike, overrides: Mapping[str, Any] | None = None
-) -> tuple[Any, torch.nn.Module]:
-    """The bundle's config parser and its network as inference runs it: on the CPU, weights loaded, rewrites applied.
-
-    The config's own ``WeightsLoader`` and ``OptimizeForInference`` handlers are run, in their order, so that the
-    network (and so its fingerprint) is the one ``runtime: openvino`` converts.
-
-    Args:
-        bundle: the bundle folder.
-        overrides: config ids and values (e.g. ``{"weights": ..., "preset": "tiny"}``).
-    """
-    from kvmonai.bundle.handlers import OptimizeForInference, WeightsLoader
-
-    parser = _parser(Path(bundle), {"device": torch.device("cpu"), **(overrides or {})})
-    network = parser.get_parsed_content("network")
-    for handler in parser.get_parsed_content("handlers"):
-        if isinstance(handler, (WeightsLoader, OptimizeForInference)):
-            handler(None)
-    return parser, network.eval()
 
 
 def calibration_batches(
@@ -134,7 +102,7 @@ def _infer_masks(bundle: Path, images: Sequence[str], out: Path, overrides: Mapp
     """Run the bundle's inference on ``images`` into ``out``; returns the saved masks ``(H, W, D, 3)``."""
     import nibabel as nib
 
-    from kvmonai.bundle.workflow import bundle_workflow
+    from kvmonai.bundle import bundle_workflow
 
     settings = {"bundle_root": str(bundle), "inferer#progress": False, **overrides}
     wf = bundle_workflow(
@@ -174,7 +142,7 @@ def install_int8_model(models: str | os.PathLike, staging: str | os.PathLike, re
     Returns:
         the installed ``.xml`` path.
     """
-    from kvmonai.inference.runtime import INT8_MODEL_NAME
+    from kvmonai.inference import INT8_MODEL_NAME
 
     models, staging = Path(models), Path(staging)
     _write_json(staging / f"{INT8_MODEL_NAME}.json", record)
@@ -226,8 +194,9 @@ def quantize_bundle(
     import nncf
     import openvino as ov
 
+    from kvmonai.bundle import bundle_network
     from kvmonai.data import load_datalist, split_fold
-    from kvmonai.inference.runtime import INT8_MODEL_NAME, cached_openvino_model, network_fingerprint
+    from kvmonai.inference import INT8_MODEL_NAME, cached_openvino_model, network_fingerprint
     from kvmonai.metrics import pooled_dice
 
     root = Path(bundle)
