@@ -198,7 +198,7 @@ def benchmark_case(
         name = f"{arch}_{attention}"
         source = Path(bundles) / name
         if not (source / "configs" / "inference.json").is_file():
-            raise FileNotFoundError(f"bundle {source} not found; run `python scripts/make_bundles.py`.")
+            raise FileNotFoundError(f"bundle {source} not found; run `kvmonai bundles`.")
         root = work / "bundles" / name
         shutil.rmtree(root, ignore_errors=True)
         shutil.copytree(source, root, ignore=shutil.ignore_patterns("runs", "models", "predictions", "eval"))

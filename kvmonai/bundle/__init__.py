@@ -2,6 +2,7 @@
 or a network) and the bundle generator. Checkpoint files (:mod:`kvmonai.networks.checkpoint`) are re-exported."""
 
 from kvmonai.bundle.evaluation import EvaluationReport
+from kvmonai.bundle.generate import check_bundles, write_bundles
 from kvmonai.bundle.handlers import (
     RUN_OUTPUTS,
     BestModelSaver,
@@ -40,6 +41,7 @@ __all__ = [
     "WeightsLoader",
     "bundle_network",
     "bundle_workflow",
+    "check_bundles",
     "check_train_settings",
     "load_checkpoint",
     "load_weights",
@@ -48,4 +50,5 @@ __all__ = [
     "read_metrics_csv",
     "release_run_folder",
     "save_atomic",
+    "write_bundles",
 ]

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-__all__ = ["COMMANDS", "main"]
+__all__ = ["BUNDLES_ENV", "COMMANDS", "main"]
 
 #: name -> (module implementing ``add_arguments``/``run``, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -40,7 +42,50 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "kvmonai.cli.benchmark",
         "speed and memory of every pair vs its QKV twin, attention scaling, whole case",
     ),
+    "bundles": ("kvmonai.cli.bundles", "write the MONAI bundles under bundles/ from the template, or --check them"),
 }
+
+#: the environment variable naming the bundles folder (as for the MONAI Label app)
+BUNDLES_ENV = "KVMONAI_BUNDLES"
+
+
+def _repo() -> Path:
+    """The folder holding the ``kvmonai`` package: the repository root when kvmonai runs from a checkout."""
+    return Path(__file__).resolve().parents[2]
+
+
+def _bundles_dir() -> Path:
+    """The bundles folder: ``$KVMONAI_BUNDLES``, else the repository's ``bundles/``."""
+    env = os.environ.get(BUNDLES_ENV)
+    return Path(env) if env else _repo() / "bundles"
+
+
+def _find_bundle(text: str | os.PathLike) -> Path:
+    """A bundle given as a folder (``bundles/setr_kv``) or by its name in the bundles folder (``setr_kv``).
+
+    Args:
+        text: the command-line argument.
+
+    Returns:
+        the bundle folder.
+
+    Raises:
+        FileNotFoundError: when ``text`` is neither a folder nor the name of a bundle in the bundles folder; the
+            message names where it looked and the known bundle names.
+    """
+    path = Path(text)
+    if path.is_dir():
+        return path
+    root = _bundles_dir()
+    is_name = len(path.parts) == 1 and not path.is_absolute()
+    if is_name and (root / path.name / "configs").is_dir():
+        return root / path.name
+    known = sorted(f.parents[1].name for f in root.glob("*/configs/inference.json"))
+    looked = f"the folder {path}"
+    if is_name:
+        looked += f" and the bundle {root / path.name} (the bundles folder; {BUNDLES_ENV} sets another)"
+    names = ", ".join(known) if known else f"none ({root} holds no bundle)"
+    raise FileNotFoundError(f"{text}: no such bundle; looked for {looked}. Known bundles: {names}.")
 
 
 def _build_parser(selected: str | None) -> argparse.ArgumentParser:

@@ -220,7 +220,7 @@ def _run_one(
     run_dir = (cfg.out / "runs" / f"{name}_fold{fold}_seed{seed}").resolve()
     bundle = cfg.bundles / name
     if not (bundle / "configs" / "train.json").is_file():
-        raise FileNotFoundError(f"bundle {bundle} not found; run `python scripts/make_bundles.py`.")
+        raise FileNotFoundError(f"bundle {bundle} not found; run `kvmonai bundles`.")
     overrides = {
         "bundle_root": str(bundle.resolve()),
         "datalist": str(cfg.datalist.resolve()),
