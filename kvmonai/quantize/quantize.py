@@ -32,6 +32,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from kvmonai.bundle import bundle_network, bundle_workflow
+from kvmonai.data import load_datalist, split_fold
+from kvmonai.inference import INT8_MODEL_NAME, cached_openvino_model, network_fingerprint
+from kvmonai.metrics import pooled_dice
+from kvmonai.utils import write_text_atomic
+
 __all__ = [
     "QuantizationRefusedError",
     "QuantizationReport",
@@ -102,8 +108,6 @@ def _infer_masks(bundle: Path, images: Sequence[str], out: Path, overrides: Mapp
     """Run the bundle's inference on ``images`` into ``out``; returns the saved masks ``(H, W, D, 3)``."""
     import nibabel as nib
 
-    from kvmonai.bundle import bundle_workflow
-
     settings = {"bundle_root": str(bundle), "inferer#progress": False, **overrides}
     wf = bundle_workflow(
         bundle, ["inference.json"], "infer", logging=False, input_path=list(images), output_dir=str(out), **settings
@@ -142,8 +146,6 @@ def install_int8_model(models: str | os.PathLike, staging: str | os.PathLike, re
     Returns:
         the installed ``.xml`` path.
     """
-    from kvmonai.inference import INT8_MODEL_NAME
-
     models, staging = Path(models), Path(staging)
     _write_json(staging / f"{INT8_MODEL_NAME}.json", record)
     (models / f"{INT8_MODEL_NAME}.json").unlink(missing_ok=True)
@@ -193,11 +195,6 @@ def quantize_bundle(
     """
     import nncf
     import openvino as ov
-
-    from kvmonai.bundle import bundle_network
-    from kvmonai.data import load_datalist, split_fold
-    from kvmonai.inference import INT8_MODEL_NAME, cached_openvino_model, network_fingerprint
-    from kvmonai.metrics import pooled_dice
 
     root = Path(bundle)
     if not (root / "configs" / "inference.json").is_file():
@@ -286,6 +283,4 @@ def _load_label(path: str) -> np.ndarray:
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    from kvmonai.utils import write_text_atomic
-
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
