@@ -55,9 +55,11 @@ def find_bundle(name_or_folder: str | os.PathLike, config: str = "inference.json
         raise FileNotFoundError(f"{path} is not a bundle folder (no configs/{config}); {e}") from None
     if (named / "configs" / config).is_file():
         return named
+    known = sorted(f.parents[1].name for f in named.parent.glob(f"*/configs/{config}"))
+    names = ", ".join(known) if known else "none"
     raise FileNotFoundError(
         f"{path} is neither a bundle folder nor a bundle name in {named.parent} (no configs/{config} in either); "
-        f"give a bundle folder, or set {BUNDLES_ENV} to the folder that holds it."
+        f"give a bundle folder, or set {BUNDLES_ENV} to the folder that holds it. Known bundles: {names}."
     )
 
 

@@ -50,13 +50,13 @@ def main() -> int:
     args = parser.parse_args()
 
     start = time.perf_counter()
-    from kvmonai.inference.optimize import _cpu_has_fast_bf16
+    from kvmonai.inference import cpu_has_fast_bf16
 
     ceilings = {
         "torch fp32": gemm_throughput(torch.float32),
         # emulated bf16 (no AVX512-BF16/AMX) runs below 1 GFLOP/s and no bundle uses it there: a 16x smaller product
         "torch bf16": gemm_throughput(torch.bfloat16)
-        if _cpu_has_fast_bf16()
+        if cpu_has_fast_bf16()
         else gemm_throughput(torch.bfloat16, m=256, repeats=2),
         "openvino f32": openvino_gemm_throughput("f32"),
         "openvino bf16": openvino_gemm_throughput("bf16"),

@@ -27,8 +27,7 @@ import torch
 
 from kvmonai.benchmark.timing import ratio, time_interleaved
 from kvmonai.bundle.workflow import bundle_workflow
-from kvmonai.inference import AutocastInferer
-from kvmonai.inference.optimize import _cpu_has_fast_bf16
+from kvmonai.inference import AutocastInferer, cpu_has_fast_bf16
 from kvmonai.networks import REFERENCES, attentions_for, create
 from kvmonai.utils import write_text_atomic
 
@@ -79,7 +78,7 @@ def main() -> None:
     torch.manual_seed(0)
     loss_fn = DiceFocalLoss(sigmoid=True, batch=True, gamma=0.0)
     batches = _batches(args.datalist, args.steps, args.img_size)
-    native = _cpu_has_fast_bf16()
+    native = cpu_has_fast_bf16()
     lines = [
         f"`python research/train_precision.py --steps {args.steps} --repeats {args.repeats}`, "
         f"{time.strftime('%Y-%m-%d')}, CPU with {torch.get_num_threads()} threads, native bf16: {native}; "

@@ -4,7 +4,7 @@ from kvmonai.benchmark.attention import DEFAULT_TOKENS, AttentionResult, benchma
 from kvmonai.benchmark.case import SETTINGS, CaseResult, benchmark_case, synthetic_case
 from kvmonai.benchmark.models import ModelResult, benchmark_models
 from kvmonai.benchmark.report import machine_description, write_benchmark_report
-from kvmonai.benchmark.timing import Timing, peak_memory, ratio, time_interleaved
+from kvmonai.benchmark.timing import Timing, forward_call, peak_memory, ratio, time_interleaved
 
 __all__ = [
     "DEFAULT_TOKENS",
@@ -16,6 +16,7 @@ __all__ = [
     "benchmark_attention",
     "benchmark_case",
     "benchmark_models",
+    "forward_call",
     "machine_description",
     "peak_memory",
     "ratio",

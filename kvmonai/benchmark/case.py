@@ -57,8 +57,7 @@ class CaseResult:
 
 def synthetic_case(folder: str | os.PathLike, slices: int = 144, seed: int = 0) -> Path:
     """A synthetic 266 x 266 scan with ``slices`` slices as NIfTI (made once, reused); returns the image path."""
-    from kvmonai.data.prepare import prepare_dataset
-    from kvmonai.data.synth import write_synthetic_dataset
+    from kvmonai.data import prepare_dataset, write_synthetic_dataset
 
     root = Path(folder)
     marker = root / "case.json"
@@ -85,7 +84,7 @@ def _run_bundle(
     root: Path, case: Path, out_dir: Path, preset: str, size: int, device: str, options: dict[str, object]
 ) -> tuple[float, float, dict[str, object]]:
     """Run the inference workflow of bundle ``root`` on ``case``: setup seconds, run seconds, resolved settings."""
-    from kvmonai.bundle.workflow import bundle_workflow, device_overrides
+    from kvmonai.bundle import bundle_workflow, device_overrides
 
     shutil.rmtree(out_dir, ignore_errors=True)
     start = time.perf_counter()
@@ -125,8 +124,9 @@ def _int8_for_speed(root: Path, case: Path, preset: str, size: int) -> None:
 
     import openvino as ov
 
-    from kvmonai.inference.quantize import bundle_network, calibration_batches, install_int8_model, quantize_network
-    from kvmonai.inference.runtime import INT8_MODEL_NAME, cached_openvino_model, network_fingerprint
+    from kvmonai.bundle import bundle_network
+    from kvmonai.inference import INT8_MODEL_NAME, cached_openvino_model, network_fingerprint
+    from kvmonai.quantize import calibration_batches, install_int8_model, quantize_network
 
     parser, network = bundle_network(root, {"preset": preset, "img_size": size})
     batch = int(parser.get_parsed_content("inferer").sw_batch_size)
@@ -183,9 +183,8 @@ def benchmark_case(
     """
     from tqdm.auto import tqdm
 
-    from kvmonai.bundle.checkpoint import save_atomic
     from kvmonai.inference import autocast_dtype, openvino_precision
-    from kvmonai.networks import PRESET_IMG_SIZE, create
+    from kvmonai.networks import PRESET_IMG_SIZE, create, save_atomic
 
     unknown = [s for s in settings if s not in SETTINGS]
     if unknown:
@@ -200,7 +199,7 @@ def benchmark_case(
         name = bundle_name(arch, attention)
         source = Path(bundles if bundles is not None else bundles_dir()) / name
         if not (source / "configs" / "inference.json").is_file():
-            raise FileNotFoundError(f"bundle {source} not found; run `python scripts/make_bundles.py`.")
+            raise FileNotFoundError(f"bundle {source} not found; run `kvmonai bundles`.")
         root = work / "bundles" / name
         shutil.rmtree(root, ignore_errors=True)
         shutil.copytree(source, root, ignore=shutil.ignore_patterns("runs", "models", "predictions", "eval"))

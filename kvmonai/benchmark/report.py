@@ -24,11 +24,11 @@ def machine_description() -> str:
                 break
     except OSError:
         pass
-    from kvmonai.inference.optimize import _cpu_has_fast_bf16
+    from kvmonai.inference import cpu_has_fast_bf16
 
     parts = [
         f"{cpu}, {torch.get_num_threads()} threads",
-        "native bf16 (oneDNN)" if _cpu_has_fast_bf16() else "no native bf16",
+        "native bf16 (oneDNN)" if cpu_has_fast_bf16() else "no native bf16",
         f"torch {torch.__version__}",
     ]
     if torch.cuda.is_available():

@@ -2,7 +2,7 @@
 
 Template files are copied with ``${name}`` placeholders filled in (JSON placeholders sit inside strings only, so the
 template stays valid JSON); the README's recipe prose comes from :mod:`kvmonai.bundle.readme`.
-``scripts/make_bundles.py`` writes all bundles (the 14 pairs of the five transformers, the CNN reference and the
+``kvmonai bundles`` writes all bundles (the 14 pairs of the five transformers, the CNN reference and the
 timm backbones' pairs) with :func:`write_bundles`; :func:`check_bundles` reports every difference between a bundle
 folder and what the generator makes (the tests fail on any). Both walk the bundles the same way (:func:`_sync`).
 """

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from monai.utils import optional_import
 
-from kvmonai.bundle.checkpoint import load_weights, unwrap_model
+from kvmonai.networks import load_weights, unwrap_model
 from kvmonai.utils import as_flag, write_text_atomic
 
 Events, _ = optional_import("ignite.engine", name="Events")
@@ -112,7 +112,7 @@ class PretrainedLoader:
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Any) -> None:
-        from kvmonai.networks.pretrained import load_pretrained
+        from kvmonai.networks import load_pretrained
 
         self.report = load_pretrained(unwrap_model(self.network), self.path, strict=self.strict)
         logger.info(self.report.summary())

@@ -1,7 +1,7 @@
 """Training-state handlers of the kvmonai bundles: the whole state after every epoch, resume from it, the best model
 and validation after the last epoch.
 
-Every file is written atomically (:func:`~kvmonai.bundle.checkpoint.save_atomic`), so a run killed at any moment
+Every file is written atomically (:func:`~kvmonai.networks.checkpoint.save_atomic`), so a run killed at any moment
 leaves a checkpoint it can resume from and a ``models/model.pt`` it can serve.
 """
 
@@ -18,7 +18,7 @@ from monai.handlers import CheckpointLoader
 from monai.handlers import ValidationHandler as MonaiValidationHandler
 from monai.utils import optional_import
 
-from kvmonai.bundle.checkpoint import CheckpointError, load_checkpoint, save_atomic, state_mismatch, unwrap_model
+from kvmonai.networks import CheckpointError, load_checkpoint, save_atomic, state_mismatch, unwrap_model
 
 Events, _ = optional_import("ignite.engine", name="Events")
 

@@ -1,14 +1,14 @@
-"""Open a kvmonai bundle as a MONAI ``ConfigWorkflow`` (the class ``python -m monai.bundle run`` uses), and the
-overrides that choose its device."""
+"""Open a kvmonai bundle as a MONAI ``ConfigWorkflow`` (the class ``python -m monai.bundle run`` uses), or its network
+as inference runs it, and the overrides that choose its device."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEVICE_ID", "bundle_workflow", "device_overrides"]
+__all__ = ["DEVICE_ID", "bundle_network", "bundle_workflow", "device_overrides"]
 
 #: the config id of the device a kvmonai bundle runs on, a plain name (its ``device`` is ``torch.device(@device_name)``)
 DEVICE_ID = "device_name"
@@ -68,3 +68,36 @@ def bundle_workflow(
     )
     workflow.initialize()
     return workflow
+
+
+def bundle_network(bundle: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
+    """The bundle's config parser and its network as inference runs it: on the CPU, weights loaded, rewrites applied.
+
+    The config's own ``WeightsLoader`` and ``OptimizeForInference`` handlers are run, in their order, so that the
+    network (and so its fingerprint) is the one ``runtime: openvino`` converts. ``kvmonai quantize``, ``kvmonai
+    export`` and ``kvmonai benchmark`` load networks this way.
+
+    Args:
+        bundle: the bundle folder.
+        overrides: config ids and values (e.g. ``{"weights": ..., "preset": "tiny"}``).
+
+    Returns:
+        the MONAI ``ConfigParser`` over ``configs/inference.json`` and the network (a ``torch.nn.Module`` in eval
+        mode).
+
+    Raises:
+        CheckpointError: if the bundle's weights are missing or do not fit the network.
+    """
+    from monai.bundle import ConfigParser
+
+    from kvmonai.bundle.loaders import OptimizeForInference, WeightsLoader
+
+    root = Path(bundle)
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(root), **device_overrides("cpu"), **(overrides or {})})
+    network = parser.get_parsed_content("network")
+    for handler in parser.get_parsed_content("handlers"):
+        if isinstance(handler, (WeightsLoader, OptimizeForInference)):
+            handler(None)
+    return parser, network.eval()

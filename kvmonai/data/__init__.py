@@ -19,6 +19,7 @@ from kvmonai.utils import lazy_exports
 
 if TYPE_CHECKING:
     from kvmonai.data.datalist import assign_folds, expand_slices, load_datalist, split_fold
+    from kvmonai.data.dicom_series import DicomSeriesInfo, rotation, write_dicom_series
     from kvmonai.data.io import CANONICAL_AXCODES, RAS_AXIS_LABELS, LoadVolumed, load_volume
     from kvmonai.data.kaggle import (
         CLASSES,
@@ -128,6 +129,9 @@ _SUBMODULE: dict[str, str] = {
     "ScaleIntensityRobust": "kvmonai.portable.transforms",
     "ScaleIntensityRobustd": "kvmonai.portable.transforms",
     "neighbour_indices": "kvmonai.portable.transforms",
+    "DicomSeriesInfo": "dicom_series",
+    "rotation": "dicom_series",
+    "write_dicom_series": "dicom_series",
     "CANONICAL_AXCODES": "io",
     "RAS_AXIS_LABELS": "io",
     "LoadVolumed": "io",
@@ -147,6 +151,7 @@ __all__ = [
     "ORIENTATION",
     "RAS_AXIS_LABELS",
     "SLICE_THICKNESS_MM",
+    "DicomSeriesInfo",
     "ExtractSlice",
     "ExtractSliced",
     "Geometry",
@@ -188,9 +193,11 @@ __all__ = [
     "rle_decode",
     "rle_encode",
     "rle_end",
+    "rotation",
     "scan_id",
     "slice_id",
     "split_fold",
+    "write_dicom_series",
     "write_nifti",
     "write_synthetic_dataset",
 ]

@@ -1,12 +1,13 @@
 """Fast inference: mixed precision, channels-last, exact network rewrites and the OpenVINO runtime (bf16, int8).
 
-``kvmonai benchmark`` measures them; ``kvmonai quantize`` writes the int8 model (:mod:`kvmonai.inference.quantize`).
+``kvmonai benchmark`` measures them; ``kvmonai quantize`` writes the int8 model (:mod:`kvmonai.quantize`).
 """
 
 from kvmonai.inference.inferer import AutocastInferer, FastSliceInferer, autocast_call
 from kvmonai.inference.optimize import (
     PRECISIONS,
     autocast_dtype,
+    cpu_has_fast_bf16,
     fold_batch_norms,
     freeze_for_inference,
     inplace_activations,
@@ -17,6 +18,7 @@ from kvmonai.inference.runtime import (
     RUNTIME_PRECISIONS,
     RUNTIMES,
     RuntimeNetwork,
+    cached_openvino_model,
     convert_to_openvino,
     network_fingerprint,
     openvino_precision,
@@ -32,6 +34,8 @@ __all__ = [
     "FastSliceInferer",
     "autocast_call",
     "autocast_dtype",
+    "cached_openvino_model",
+    "cpu_has_fast_bf16",
     "convert_to_openvino",
     "fold_batch_norms",
     "freeze_for_inference",

@@ -18,6 +18,7 @@ from kvmonai.utils import as_flag
 __all__ = [
     "PRECISIONS",
     "autocast_dtype",
+    "cpu_has_fast_bf16",
     "fold_batch_norms",
     "freeze_for_inference",
     "inplace_activations",
@@ -30,8 +31,15 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def _cpu_has_fast_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively here (AVX512-BF16 or AMX): bf16 then pays several times over fp32."""
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU runs bf16 natively in oneDNN (AVX512-BF16 or AMX): bf16 then pays several times over fp32.
+
+    ``precision: auto`` (:func:`autocast_dtype`) picks bf16 on the CPU only then; ``kvmonai benchmark`` names it in
+    its machine description.
+
+    Returns:
+        ``False`` also for torch builds without oneDNN.
+    """
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # builds without oneDNN
@@ -64,7 +72,7 @@ def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | 
         return torch.float16
     if kind == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if kind == "cpu" and _cpu_has_fast_bf16() else None
+    return torch.bfloat16 if kind == "cpu" and cpu_has_fast_bf16() else None
 
 
 def fold_batch_norms(network: nn.Module) -> int:

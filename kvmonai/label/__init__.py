@@ -31,6 +31,15 @@ if TYPE_CHECKING:
     from kvmonai.label.datalist import label_values, split_items
     from kvmonai.label.handlers import TrainStatsWriter
     from kvmonai.label.infer import KVBundleInferTask, MissingWeightsError
+    from kvmonai.label.pacs import (
+        LoadedSeries,
+        OrthancServer,
+        PacsError,
+        expand_sources,
+        iter_series,
+        load_studies,
+        store_series,
+    )
     from kvmonai.label.train import KVBundleTrainTask
     from kvmonai.label.transforms import ChannelsToLabelMapd, LabelMapToChannelsd, RestoreInputGridd
 
@@ -51,6 +60,13 @@ _SUBMODULE: dict[str, str] = {
     "TrainStatsWriter": "handlers",
     "KVBundleInferTask": "infer",
     "MissingWeightsError": "infer",
+    "LoadedSeries": "pacs",
+    "OrthancServer": "pacs",
+    "PacsError": "pacs",
+    "expand_sources": "pacs",
+    "iter_series": "pacs",
+    "load_studies": "pacs",
+    "store_series": "pacs",
     "KVBundleTrainTask": "train",
     "ChannelsToLabelMapd": "transforms",
     "LabelMapToChannelsd": "transforms",
@@ -66,15 +82,22 @@ __all__ = [
     "KVMonaiLabelApp",
     "LabelAppSettings",
     "LabelMapToChannelsd",
+    "LoadedSeries",
     "MissingWeightsError",
+    "OrthancServer",
+    "PacsError",
     "RestoreInputGridd",
     "TrainStatsWriter",
     "default_bundles_dir",
+    "expand_sources",
     "find_bundles",
+    "iter_series",
     "label_values",
+    "load_studies",
     "open_bundle",
     "parse_overrides",
     "split_items",
+    "store_series",
     "study_loading",
 ]
 

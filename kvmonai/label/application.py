@@ -21,10 +21,10 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.train import TrainTask
 
 import kvmonai
-from kvmonai.bundle.checkpoint import CheckpointError
 from kvmonai.label.bundles import LabelAppSettings
 from kvmonai.label.infer import KVBundleInferTask, MissingWeightsError
 from kvmonai.label.train import KVBundleTrainTask
+from kvmonai.networks import CheckpointError
 
 __all__ = ["KVMonaiLabelApp"]
 

@@ -118,7 +118,9 @@ def read_config(path: Path) -> dict[str, Any]:
         ValueError: when the file is missing, not JSON or not an object.
     """
     if not path.is_file():
-        raise ValueError(f"{path} does not exist: not a kvmonai bundle folder (see scripts/make_bundles.py).")
+        raise ValueError(
+            f"{path} does not exist: not a kvmonai bundle folder (write the bundles with `kvmonai bundles`)."
+        )
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:

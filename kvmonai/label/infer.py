@@ -116,7 +116,7 @@ class KVBundleInferTask(BasicInferTask):
             MissingWeightsError: when ``models/model.pt`` does not exist.
             kvmonai.bundle.CheckpointError: when it is damaged or belongs to another architecture/preset.
         """
-        from kvmonai.bundle.checkpoint import load_weights
+        from kvmonai.networks import load_weights
 
         path = self.spec.weights
         if not path.is_file():

@@ -339,7 +339,7 @@ def load_studies(
     import numpy as np
     from tqdm.auto import tqdm
 
-    from kvmonai.data.dicom_series import rotation, write_dicom_series
+    from kvmonai.data import rotation, write_dicom_series
     from kvmonai.portable.dicom import DicomInputError, find_series
 
     items = expand_sources(sources)

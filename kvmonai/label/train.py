@@ -52,7 +52,7 @@ FINE_TUNE_LR_FACTOR = 0.1
 def _digest(path: Path) -> str | None:
     """SHA-256 over the tensors of a weights file (not its bytes, which differ between saves of equal weights);
     ``None`` when the file does not exist or does not load."""
-    from kvmonai.bundle.checkpoint import CheckpointError, load_checkpoint
+    from kvmonai.networks import CheckpointError, load_checkpoint
 
     try:
         state = load_checkpoint(path)
@@ -210,7 +210,7 @@ class KVBundleTrainTask(BasicTrainTask):
             ValueError: no labelled study, a bad ``val_split``, or a ``pretrained``/``mlflow`` value that is not
                 true/false.
         """
-        from kvmonai.bundle.workflow import bundle_workflow
+        from kvmonai.bundle import bundle_workflow
 
         train_items, val_items, in_sample = split_items(datalist, float(request.get("val_split", 0.0)))
         if in_sample:

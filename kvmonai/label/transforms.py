@@ -23,7 +23,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from kvmonai.data.io import RAS_AXIS_LABELS
+from kvmonai.data import RAS_AXIS_LABELS
 
 __all__ = ["ChannelsToLabelMapd", "LabelMapToChannelsd", "RestoreInputGridd"]
 

@@ -160,7 +160,7 @@ def read_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
             state = load_file(str(path), device="cpu")
         else:
-            from kvmonai.bundle.checkpoint import CheckpointError, load_checkpoint
+            from kvmonai.networks.checkpoint import CheckpointError, load_checkpoint
 
             try:
                 obj = load_checkpoint(path)

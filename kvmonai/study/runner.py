@@ -27,15 +27,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from kvmonai.bundle.workflow import bundle_workflow
+from kvmonai.bundle import bundle_workflow, device_overrides
+from kvmonai.paths import bundle_name, bundles_dir, run_name
 from kvmonai.utils import write_text_atomic
 
 __all__ = ["StudyConfig", "measure_paired_latency", "run_study"]
 
 logger = logging.getLogger(__name__)
-
-REPO_BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
-
 
 @dataclass
 class StudyConfig:
@@ -72,7 +70,7 @@ class StudyConfig:
     folds: Sequence[int] = (0,)
     seeds: Sequence[int] = (0,)
     device: str = "cpu"
-    bundles: Path = REPO_BUNDLES
+    bundles: Path = field(default_factory=bundles_dir)
     data_note: str = ""
     synthetic: bool = False
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -82,6 +80,10 @@ class StudyConfig:
     verbose: bool = False
     margin: float = 0.01
     alpha: float = 0.05
+
+    def run_dir(self, arch: str, attention: str, fold: int, seed: int) -> Path:
+        """The folder of one run: ``out/runs/<arch>_<attention>_fold<F>_seed<S>``."""
+        return (self.out / "runs" / run_name(arch, attention, fold, seed)).resolve()
 
     @property
     def name(self) -> str:
@@ -110,8 +112,7 @@ def measure_paired_latency(
         ran.
     """
     from kvmonai.benchmark.timing import forward_call, time_interleaved
-    from kvmonai.bundle.checkpoint import load_weights
-    from kvmonai.networks import create
+    from kvmonai.networks import create, load_weights
 
     first: dict[tuple[str, str], dict[str, Any]] = {}
     for r in results:
@@ -179,7 +180,7 @@ def run_fingerprint(
 
     import kvmonai
 
-    bundle = cfg.bundles / f"{arch}_{attention}"
+    bundle = cfg.bundles / bundle_name(arch, attention)
     configs = hashlib.sha256()
     for name in ("train.json", "evaluate.json"):
         path = bundle / "configs" / name
@@ -233,13 +234,13 @@ def _evaluated(run_dir: Path) -> bool:
 def _run_one(
     cfg: StudyConfig, arch: str, attention: str, fold: int, seed: int, parent_id: str | None, fingerprint: dict
 ) -> dict:
-    from kvmonai.bundle.checkpoint import load_checkpoint
+    from kvmonai.networks import load_checkpoint
 
-    name = f"{arch}_{attention}"
-    run_dir = (cfg.out / "runs" / f"{name}_fold{fold}_seed{seed}").resolve()
+    name = bundle_name(arch, attention)
+    run_dir = cfg.run_dir(arch, attention, fold, seed)
     bundle = cfg.bundles / name
     if not (bundle / "configs" / "train.json").is_file():
-        raise FileNotFoundError(f"bundle {bundle} not found; run `python scripts/make_bundles.py`.")
+        raise FileNotFoundError(f"bundle {bundle} not found; run `kvmonai bundles`.")
     overrides = {
         "bundle_root": str(bundle.resolve()),
         "datalist": str(cfg.datalist.resolve()),
@@ -252,7 +253,7 @@ def _run_one(
         "ckpt_dir": str(run_dir),
         "tracking_uri": cfg.tracking_uri,
         "experiment_name": f"kvmonai-study-{cfg.name}",
-        "device": f"$torch.device('{cfg.device}')",
+        **device_overrides(cfg.device),
         "num_workers": 0,
         "progress": cfg.verbose and cfg.jobs <= 1,  # else the study's own bar only
         **cfg.overrides,
@@ -305,7 +306,7 @@ def _run_one(
         "score_perfect": summary["competition"]["perfect"]["score"],
         "run_dir": str(run_dir),
     }
-    _tag_child(cfg, f"{name}_fold{fold}_seed{seed}", parent_id, result)
+    _tag_child(cfg, run_dir.name, parent_id, result)
     write_text_atomic(run_dir / "result.json", json.dumps(result, indent=2) + "\n")
     return result
 
@@ -365,7 +366,7 @@ def _guarded_run(
     cfg: StudyConfig, arch: str, attention: str, fold: int, seed: int, parent_id: str | None, fingerprint: dict
 ) -> dict[str, Any]:
     """``{"result": ...}`` of one run, or ``{"failure": ...}`` with the error and its traceback (never raises)."""
-    run_dir = (cfg.out / "runs" / f"{arch}_{attention}_fold{fold}_seed{seed}").resolve()
+    run_dir = cfg.run_dir(arch, attention, fold, seed)
     start = time.perf_counter()
     with nullcontext() if cfg.verbose else _output_to(run_dir / "run.log"):
         try:
@@ -403,9 +404,9 @@ def _output_to(path: Path) -> Iterator[None]:
 def _finished_line(job: tuple[str, str, int, int], outcome: dict[str, Any]) -> str:
     """One terminal line per finished run: pair, fold, seed, Jaccard and training time, or the error."""
     arch, attention, fold, seed = job
-    head = f"{arch}_{attention} fold {fold} seed {seed}:"
+    head = f"{bundle_name(arch, attention)} fold {fold} seed {seed}:"
     if "failure" in outcome:
-        log = f"runs/{arch}_{attention}_fold{fold}_seed{seed}/run.log"
+        log = f"runs/{run_name(arch, attention, fold, seed)}/run.log"
         return f"{head} FAILED: {outcome['failure']['error'][:200]} (log: {log})"
     r = outcome["result"]
     return f"{head} Jaccard {r['jaccard']:.3f}, trained in {r['train_seconds'] / 60:.1f} min"
@@ -465,7 +466,7 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> dict[str, Any]:
     data = data_fingerprint(cfg.datalist)  # once per study: it stats every volume
     fingerprints = [run_fingerprint(cfg, *job, data=data) for job in jobs]
     for i, (arch, attention, fold, seed) in enumerate(jobs):
-        run_dir = (cfg.out / "runs" / f"{arch}_{attention}_fold{fold}_seed{seed}").resolve()
+        run_dir = cfg.run_dir(arch, attention, fold, seed)
         done = run_dir / "result.json"
         if done.is_file() and _reusable(run_dir, fingerprints[i])[0] and _evaluated(run_dir):
             outcomes[i] = {"result": json.loads(done.read_text())}

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from kvmonai.data import CLASSES
+from kvmonai.paths import bundle_name
 from kvmonai.utils import csv_text, markdown_table, write_text_atomic
 
 __all__ = [
@@ -267,7 +268,7 @@ def load_comparisons(study: str | Path, check_summary: bool = True) -> list[Comp
     for arch, attention in variants:
         if attention == "qkv" or arch in REFERENCES:
             continue
-        comparison = Comparison(f"{arch}_{attention}", f"{arch}_qkv")
+        comparison = Comparison(bundle_name(arch, attention), bundle_name(arch, "qkv"))
         out.append(comparison)
         mine, twins = by_pair.get((arch, attention), {}), by_pair.get((arch, "qkv"), {})
         problems = [

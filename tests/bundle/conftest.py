@@ -68,8 +68,7 @@ def fit_bundle():
         from monai.losses import DiceFocalLoss
         from monai.transforms import LoadImage, Resize
 
-        from kvmonai.bundle.checkpoint import save_atomic
-        from kvmonai.networks import create
+        from kvmonai.networks import create, save_atomic
 
         parser = ConfigParser()
         parser.read_config(str(root / "configs" / "inference.json"))

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import torch
 
-from kvmonai.bundle.checkpoint import CheckpointError
 from kvmonai.bundle.settings import SettingsError
-from kvmonai.networks import create
+from kvmonai.networks import CheckpointError, create
 from kvmonai.portable.errors import InputNotFoundError, kvmonai_error
 from kvmonai.utils import KVMonaiError
 

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 
 from kvmonai import portable
-from kvmonai.bundle.export import ExportError, export_bundle
 from kvmonai.bundle.workflow import bundle_workflow
 from kvmonai.cli import main
 from kvmonai.data.dicom_series import rotation, write_dicom_series
+from kvmonai.export import ExportError, export_bundle
 from kvmonai.metrics import pooled_dice
 
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type:DeprecationWarning")  # ITK's SWIG bindings

@@ -14,9 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_committed_bundles_match_the_generator():
     problems = check_bundles(REPO / "bundles", REPO / "docs" / "measured")
-    assert problems == [], "bundles differ from the template; run `python scripts/make_bundles.py`:\n" + "\n".join(
-        problems
-    )
+    assert problems == [], "bundles differ from the template; run `kvmonai bundles`:\n" + "\n".join(problems)
 
 
 def test_check_reports_hand_edits(tmp_path):

@@ -43,7 +43,7 @@ def _volume(prepared: Path) -> tuple[Path, Path]:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["setr_kv", "swin_unetr_kv"])
 def test_openvino_and_int8_agree_with_torch(name, prepared, copy_bundle, fit_bundle, tmp_path, caplog):
-    from kvmonai.inference.quantize import QuantizationRefusedError, quantize_bundle
+    from kvmonai.quantize import QuantizationRefusedError, quantize_bundle
 
     caplog.set_level(logging.INFO, logger="kvmonai.inference.runtime")
     root = copy_bundle(name, tmp_path)

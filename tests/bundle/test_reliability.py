@@ -111,7 +111,7 @@ def test_short_run_validates_last_epoch_and_resume_extends_the_schedule(prepared
     _train(root, {**common, "max_epochs": 4, "resume": True})
     rows = _rows(run_dir)
     assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"] and rows[-1]["val_jaccard"]
-    from kvmonai.bundle.checkpoint import load_checkpoint
+    from kvmonai.networks import load_checkpoint
 
     ckpt = load_checkpoint(run_dir / "checkpoint_last.pt")
     assert ckpt["epoch"] == 4 and ckpt["lr_scheduler"]["total_steps"] == ckpt["lr_scheduler"]["last_epoch"]
@@ -258,8 +258,7 @@ def test_resuming_another_architecture_says_so_briefly(tmp_path):
     import torch
 
     from kvmonai.bundle import ResumeFromCheckpoint
-    from kvmonai.bundle.checkpoint import CheckpointError
-    from kvmonai.networks import create
+    from kvmonai.networks import CheckpointError, create
 
     other = create("unetr", "kv", "tiny", img_size=64)
     torch.save({"model": other.state_dict(), "optimizer": {}, "lr_scheduler": {}, "trainer": {}}, tmp_path / "c.pt")

@@ -7,8 +7,8 @@ import json
 import torch
 from monai.bundle import ConfigParser
 
-from kvmonai.bundle.retrofit import train_bundle
 from kvmonai.cli import main
+from kvmonai.retrofit import train_bundle
 
 
 def test_retrofit_fine_tunes_a_kv_bundle_from_a_qkv_model(prepared, tiny, copy_bundle, tmp_path, capsys):

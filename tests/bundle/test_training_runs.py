@@ -18,7 +18,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from kvmonai.bundle.checkpoint import load_checkpoint
+from kvmonai.networks import load_checkpoint
 
 NAME = "setr_kv"
 

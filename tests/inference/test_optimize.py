@@ -9,12 +9,12 @@ from monai.inferers import SliceInferer
 from kvmonai.inference import (
     FastSliceInferer,
     autocast_dtype,
+    cpu_has_fast_bf16,
     fold_batch_norms,
     freeze_for_inference,
     inplace_activations,
     optimize_for_inference,
 )
-from kvmonai.inference.optimize import _cpu_has_fast_bf16
 from kvmonai.networks import STUDY_ARCHITECTURES, create
 
 
@@ -74,7 +74,7 @@ def test_fold_refuses_training_mode():
 def test_autocast_dtype_choices():
     assert autocast_dtype("fp32", "cpu") is None
     assert autocast_dtype("bf16", "cpu") is torch.bfloat16
-    assert autocast_dtype("auto", "cpu") is (torch.bfloat16 if _cpu_has_fast_bf16() else None)
+    assert autocast_dtype("auto", "cpu") is (torch.bfloat16 if cpu_has_fast_bf16() else None)
     with pytest.raises(ValueError, match="CUDA"):
         autocast_dtype("fp16", "cpu")
     with pytest.raises(ValueError, match="precision must be one of"):

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     Returns:
         0 on success, 2 when the options or the output folder are unusable.
     """
-    from kvmonai.data.synth import write_synthetic_dataset
+    from kvmonai.data import write_synthetic_dataset
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     start = time.perf_counter()

@@ -17,7 +17,7 @@ SUITES = ("models", "attention", "case")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``kvmonai benchmark``."""
-    from kvmonai.benchmark.case import SETTINGS
+    from kvmonai.benchmark import SETTINGS
     from kvmonai.networks import EXTRA_ARCHITECTURES, PRESETS, STUDY_ARCHITECTURES
 
     parser.add_argument("--suites", nargs="+", choices=SUITES, default=["models", "attention"],
@@ -62,10 +62,13 @@ def run(args: argparse.Namespace) -> int:
     """Run the chosen suites and write the report."""
     import torch
 
-    from kvmonai.benchmark.attention import DEFAULT_TOKENS, benchmark_attention
-    from kvmonai.benchmark.case import benchmark_case
-    from kvmonai.benchmark.models import benchmark_models
-    from kvmonai.benchmark.report import write_benchmark_report
+    from kvmonai.benchmark import (
+        DEFAULT_TOKENS,
+        benchmark_attention,
+        benchmark_case,
+        benchmark_models,
+        write_benchmark_report,
+    )
     from kvmonai.networks import attentions_for
 
     if args.repeats < 1 or args.warmup < 0:

@@ -1,4 +1,7 @@
-"""``kvmonai export BUNDLE --weights W --out DIR``: a self-contained inference bundle that runs with MONAI alone."""
+"""``kvmonai export BUNDLE --weights W --out DIR``: a self-contained inference bundle that runs with MONAI alone.
+
+``BUNDLE`` is a bundle folder (``bundles/setr_kv``) or a bundle's name in the bundles folder (``setr_kv``:
+``$KVMONAI_BUNDLES``, else the repository's ``bundles/``)."""
 
 from __future__ import annotations
 
@@ -14,7 +17,9 @@ __all__ = ["add_arguments", "run"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``kvmonai export``."""
-    parser.add_argument("bundle", type=Path, help="the kvmonai bundle folder (e.g. bundles/setr_kv)")
+    parser.add_argument(
+        "bundle", help="the kvmonai bundle: a folder (e.g. bundles/setr_kv) or a name in the bundles folder (setr_kv)"
+    )
     parser.add_argument("--weights", type=Path, required=True, help="trained weights (the bundle's models/model.pt)")
     parser.add_argument("--out", type=Path, required=True, help="the exported bundle's folder (new, or empty)")
     add_override_argument(
@@ -34,12 +39,17 @@ def run(args: argparse.Namespace) -> int:
     Returns:
         0 when the bundle was written, 2 for invalid input (nothing written).
     """
-    from kvmonai.bundle.export import ExportError, export_bundle
+    from kvmonai.export import ExportError, export_bundle
+    from kvmonai.paths import find_bundle
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     try:
         summary = export_bundle(
-            args.bundle, args.weights, args.out, overrides=dict(args.overrides), weights_url=args.weights_url
+            find_bundle(args.bundle),
+            args.weights,
+            args.out,
+            overrides=dict(args.overrides),
+            weights_url=args.weights_url,
         )
     except (ExportError, FileNotFoundError, ValueError) as e:
         print(f"kvmonai export: error: {e}", file=sys.stderr)

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Compute and print the table."""
-    from kvmonai.complexity.table import complexity_table, format_table
+    from kvmonai.complexity import complexity_table, format_table
     from kvmonai.utils import write_text_atomic
 
     rows = complexity_table(args.preset, args.archs, args.img_size, args.in_channels, args.out_channels)

@@ -1,6 +1,7 @@
 """The ``kvmonai`` command line.
 
-Every subcommand lives in its own module and is imported only when it is run, so ``kvmonai --help`` stays fast
+Every subcommand ``kvmonai <command>`` lives in its own module ``kvmonai/cli/<command>.py``: a thin layer of argparse
+that calls into the package doing the work. It is imported only when it is run, so ``kvmonai --help`` stays fast
 (no torch or MONAI import). A command module provides two functions::
 
     def add_arguments(parser: argparse.ArgumentParser) -> None: ...
@@ -15,35 +16,42 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-__all__ = ["COMMANDS", "main"]
+__all__ = ["BUNDLES_ENV", "COMMANDS", "main"]
 
 #: name -> (module implementing ``add_arguments``/``run``, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "study": ("kvmonai.study.cli", "train and evaluate architecture/attention pairs and write the comparison report"),
+    "study": ("kvmonai.cli.study", "train and evaluate architecture/attention pairs and write the comparison report"),
     "verdict": (
-        "kvmonai.study.verdict_cli",
+        "kvmonai.cli.verdict",
         "is each attention variant as good as its QKV twin: paired intervals and a verdict at a margin, from a study",
     ),
-    "complexity": ("kvmonai.complexity.cli", "parameter and MAC table of every architecture/attention pair"),
-    "synth": ("kvmonai.data.synth_cli", "write a synthetic UW-Madison GI Tract dataset in the Kaggle layout"),
-    "prepare": ("kvmonai.data.prepare_cli", "Kaggle-layout folder -> NIfTI volumes + MONAI datalist with 5 folds"),
-    "dicom": ("kvmonai.data.dicom_cli", "write a NIfTI volume as a DICOM MR series with its geometry"),
+    "complexity": ("kvmonai.cli.complexity", "parameter and MAC table of every architecture/attention pair"),
+    "synth": ("kvmonai.cli.synth", "write a synthetic UW-Madison GI Tract dataset in the Kaggle layout"),
+    "prepare": ("kvmonai.cli.prepare", "Kaggle-layout folder -> NIfTI volumes + MONAI datalist with 5 folds"),
+    "dicom": ("kvmonai.cli.dicom", "write a NIfTI volume as a DICOM MR series with its geometry"),
     "export": (
-        "kvmonai.bundle.export_cli",
+        "kvmonai.cli.export",
         "a self-contained inference bundle that runs with MONAI alone",
     ),
-    "pacs": ("kvmonai.label.pacs_cli", "a local Orthanc PACS with DICOMweb: start, stop, status, load MR series"),
-    "quantize": ("kvmonai.inference.quantize_cli", "int8 post-training quantisation of an inference bundle (OpenVINO)"),
+    "pacs": ("kvmonai.cli.pacs", "a local Orthanc PACS with DICOMweb: start, stop, status, load MR series"),
+    "quantize": ("kvmonai.cli.quantize", "int8 post-training quantisation of an inference bundle (OpenVINO)"),
     "retrofit": (
-        "kvmonai.bundle.retrofit_cli",
+        "kvmonai.cli.retrofit",
         "start a KV bundle from a trained QKV model of the same architecture and fine-tune it",
     ),
     "benchmark": (
-        "kvmonai.benchmark.cli",
+        "kvmonai.cli.benchmark",
         "speed and memory of every pair vs its QKV twin, attention scaling, whole case",
     ),
+    "bundles": ("kvmonai.cli.bundles", "write the MONAI bundles under bundles/ from the template, or --check them"),
 }
+
+
+def _repo() -> Path:
+    """The folder holding the ``kvmonai`` package: the repository root when kvmonai runs from a checkout."""
+    return Path(__file__).resolve().parents[2]
 
 
 def _build_parser(selected: str | None) -> argparse.ArgumentParser:
@@ -68,7 +76,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = args_list  # the command line as given, for reports that quote it
     module = importlib.import_module(COMMANDS[args.command][0])
     return int(module.run(args) or 0)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

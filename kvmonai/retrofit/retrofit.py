@@ -20,8 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kvmonai.bundle.checkpoint import save_atomic, state_mismatch
-from kvmonai.bundle.workflow import bundle_workflow
+from kvmonai.bundle import bundle_workflow, read_metrics_csv
+from kvmonai.networks import create, load_pretrained, load_weights, read_state, save_atomic, state_mismatch
 from kvmonai.utils import KVMonaiError, markdown_table, write_text_atomic
 
 __all__ = ["RetrofitError", "bundle_settings", "convert_qkv_model", "measure_retrofit", "train_bundle"]
@@ -62,8 +62,6 @@ def convert_qkv_model(
     Raises:
         RetrofitError: if the bundle is not KV, or ``weights`` are not a QKV model of that network.
     """
-    from kvmonai.networks import create
-    from kvmonai.networks.pretrained import load_pretrained, read_state
 
     s = bundle_settings(bundle, overrides)
     if s["attention"] not in ("kv", "kvpos"):
@@ -86,7 +84,6 @@ def convert_qkv_model(
 
 def _metrics(run_dir: Path) -> list[dict[str, float]]:
     """The validated epochs of a run, as numbers."""
-    from kvmonai.bundle import read_metrics_csv
 
     return [
         {k: float(v) for k, v in row.items() if v not in ("", None)}
@@ -120,7 +117,6 @@ def train_bundle(bundle: str | os.PathLike, run_dir: str | os.PathLike, **overri
 
 def _validate(bundle: Path, weights: Path, run_dir: Path, overrides: Mapping[str, Any]) -> float:
     """The bundle's validation Jaccard of ``weights``, with its own validation evaluator (no training)."""
-    from kvmonai.bundle.checkpoint import load_weights
 
     workflow = _workflow(bundle, run_dir.resolve(), overrides)
     try:

@@ -32,12 +32,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from kvmonai.utils import KVMonaiError
+from kvmonai.bundle import bundle_network, bundle_workflow
+from kvmonai.data import load_datalist, split_fold
+from kvmonai.inference import INT8_MODEL_NAME, cached_openvino_model, network_fingerprint
+from kvmonai.utils import KVMonaiError, write_text_atomic
 
 __all__ = [
     "QuantizationRefusedError",
     "QuantizationReport",
-    "bundle_network",
     "calibration_batches",
     "install_int8_model",
     "quantize_bundle",
@@ -72,37 +74,6 @@ class QuantizationReport:
     versions: dict[str, str] = field(default_factory=dict)
 
 
-def _parser(bundle: Path, overrides: Mapping[str, Any]) -> Any:
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.json"))
-    parser.update({"bundle_root": str(bundle), **overrides})
-    return parser
-
-
-def bundle_network(
-    bundle: str | os.PathLike, overrides: Mapping[str, Any] | None = None
-) -> tuple[Any, torch.nn.Module]:
-    """The bundle's config parser and its network as inference runs it: on the CPU, weights loaded, rewrites applied.
-
-    The config's own ``WeightsLoader`` and ``OptimizeForInference`` handlers are run, in their order, so that the
-    network (and so its fingerprint) is the one ``runtime: openvino`` converts.
-
-    Args:
-        bundle: the bundle folder.
-        overrides: config ids and values (e.g. ``{"weights": ..., "preset": "tiny"}``).
-    """
-    from kvmonai.bundle import OptimizeForInference, WeightsLoader, device_overrides
-
-    parser = _parser(Path(bundle), {**device_overrides("cpu"), **(overrides or {})})
-    network = parser.get_parsed_content("network")
-    for handler in parser.get_parsed_content("handlers"):
-        if isinstance(handler, (WeightsLoader, OptimizeForInference)):
-            handler(None)
-    return parser, network.eval()
-
-
 def calibration_batches(
     parser: Any, items: Sequence[Mapping[str, Any]], subset: int, batch: int, seed: int
 ) -> tuple[list[np.ndarray], int, int]:
@@ -135,8 +106,6 @@ def calibration_batches(
 def _infer_masks(bundle: Path, images: Sequence[str], out: Path, overrides: Mapping[str, Any]) -> list[np.ndarray]:
     """Run the bundle's inference on ``images`` into ``out``; returns the saved masks ``(H, W, D, 3)``."""
     import nibabel as nib
-
-    from kvmonai.bundle.workflow import bundle_workflow
 
     settings = {"bundle_root": str(bundle), "inferer#progress": False, **overrides}
     wf = bundle_workflow(
@@ -176,8 +145,6 @@ def install_int8_model(models: str | os.PathLike, staging: str | os.PathLike, re
     Returns:
         the installed ``.xml`` path.
     """
-    from kvmonai.inference.runtime import INT8_MODEL_NAME
-
     models, staging = Path(models), Path(staging)
     _write_json(staging / f"{INT8_MODEL_NAME}.json", record)
     (models / f"{INT8_MODEL_NAME}.json").unlink(missing_ok=True)
@@ -228,9 +195,7 @@ def quantize_bundle(
     import nncf
     import openvino as ov
 
-    from kvmonai.data import load_datalist, split_fold
-    from kvmonai.inference.runtime import INT8_MODEL_NAME, cached_openvino_model, network_fingerprint
-    from kvmonai.metrics import pooled_dice
+    from kvmonai.metrics import pooled_dice  # looked up per call, so that a test can stand in for the metric
 
     root = Path(bundle)
     if not (root / "configs" / "inference.json").is_file():
@@ -319,6 +284,4 @@ def _load_label(path: str) -> np.ndarray:
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    from kvmonai.utils import write_text_atomic
-
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")

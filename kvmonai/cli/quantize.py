@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     Returns:
         0 when the int8 model was written, 1 when it was refused for accuracy, 2 for invalid input.
     """
-    from kvmonai.inference.quantize import QuantizationRefusedError, quantize_bundle
+    from kvmonai.quantize import QuantizationRefusedError, quantize_bundle
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     options = {k: getattr(args, k) for k in ("subset", "max_drop", "fold", "seed")}

@@ -7,7 +7,7 @@ import pickle
 import pytest
 import torch
 
-from kvmonai.bundle.checkpoint import CheckpointError, load_checkpoint, load_weights, save_atomic
+from kvmonai.networks.checkpoint import CheckpointError, load_checkpoint, load_weights, save_atomic
 
 
 def test_atomic_save_roundtrip(tmp_path):

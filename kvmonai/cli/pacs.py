@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     Returns:
         0 on success; 1 when ``status`` finds no server; 2 for bad input or a PACS error.
     """
-    from kvmonai.label.pacs import OrthancServer, PacsError, expand_sources, iter_series, load_studies
+    from kvmonai.label import OrthancServer, PacsError, expand_sources, iter_series, load_studies
 
     server = OrthancServer(args.storage, port=args.port)
     try:

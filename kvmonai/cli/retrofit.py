@@ -2,7 +2,7 @@
 
 With ``--measure`` (no ``--weights``) it trains QKV and KV from scratch for ``--epochs`` each, retrofits the QKV
 model, fine-tunes it for ``--finetune-epochs`` and reports how many epochs the retrofitted KV needs to come within
-``--tolerance`` Jaccard of QKV (:func:`kvmonai.bundle.retrofit.measure_retrofit`).
+``--tolerance`` Jaccard of QKV (:func:`kvmonai.retrofit.measure_retrofit`).
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from kvmonai.bundle import device_overrides
-    from kvmonai.bundle.retrofit import RetrofitError, convert_qkv_model, measure_retrofit, train_bundle
-    from kvmonai.networks.pretrained import PretrainedError
+    from kvmonai.networks import PretrainedError
+    from kvmonai.retrofit import RetrofitError, convert_qkv_model, measure_retrofit, train_bundle
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     overrides = dict(args.overrides)

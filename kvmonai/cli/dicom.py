@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     import nibabel as nib
     import numpy as np
 
-    from kvmonai.data.dicom_series import rotation, write_dicom_series
+    from kvmonai.data import rotation, write_dicom_series
 
     try:
         img = nib.load(args.volume)

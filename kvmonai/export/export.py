@@ -43,6 +43,8 @@ import torch
 
 import kvmonai
 from kvmonai import portable
+from kvmonai.bundle import bundle_network
+from kvmonai.networks import CheckpointError
 from kvmonai.utils import KVMonaiError
 
 __all__ = ["EXPORT_PACKAGES", "ExportError", "ExportSummary", "export_bundle", "exported_inference_config"]
@@ -300,8 +302,6 @@ def export_bundle(
         ExportError: for a missing bundle or weights, an ``out`` that holds files, weights that do not fit the
             network, or a config piece without a portable twin. Nothing is written then.
     """
-    from kvmonai.bundle.checkpoint import CheckpointError
-    from kvmonai.inference.quantize import bundle_network
 
     bundle, weights, out = Path(bundle), Path(weights), Path(out)
     for required in (bundle / "configs" / "inference.json", bundle / "configs" / "metadata.json"):

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     Returns:
         0 on success, 2 on invalid input (nothing half-written is left behind), 130 when interrupted.
     """
-    from kvmonai.data.prepare import prepare_dataset
+    from kvmonai.data import prepare_dataset
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     signal.signal(signal.SIGTERM, _terminate)  # clean up the partial file on kill, as on Ctrl-C
