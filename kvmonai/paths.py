@@ -47,8 +47,8 @@ def find_bundle(name_or_folder: str | os.PathLike, config: str = "inference.json
         FileNotFoundError: when it is neither, naming where it was looked for.
     """
     path = Path(name_or_folder)
-    if (path / "configs" / config).is_file():
-        return path
+    if (path / "configs" / config).is_file() or (path.is_dir() and len(path.parts) > 1):
+        return path  # a folder given as a path: the caller says what it lacks
     try:
         named = bundles_dir() / path
     except FileNotFoundError as e:
@@ -58,7 +58,7 @@ def find_bundle(name_or_folder: str | os.PathLike, config: str = "inference.json
     known = sorted(f.parents[1].name for f in named.parent.glob(f"*/configs/{config}"))
     names = ", ".join(known) if known else "none"
     raise FileNotFoundError(
-        f"{path} is neither a bundle folder nor a bundle name in {named.parent} (no configs/{config} in either); "
+        f"{path} is neither a bundle folder nor a bundle name in {named.parent} (no {named / 'configs' / config}); "
         f"give a bundle folder, or set {BUNDLES_ENV} to the folder that holds it. Known bundles: {names}."
     )
 
