@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from kvmonai.networks import PRESET_IMG_SIZE
-    from kvmonai.study.runner import StudyConfig, run_study
+    from kvmonai.study import StudyConfig, run_study
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # MONAI announces on import that the GPU DICOM decoder is missing: a notice about an optional GPU package, not
@@ -203,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
     outcome = run_study(cfg, progress=not args.quiet)
     verdict = cfg.out / "verdict.csv"
     if verdict.is_file():
-        from kvmonai.study.verdict import read_verdict, verdict_lines
+        from kvmonai.study import read_verdict, verdict_lines
 
         rows = read_verdict(verdict)
         print(f"verdict (pooled Jaccard, margin {cfg.margin:g}; details in the report):")

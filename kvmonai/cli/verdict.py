@@ -11,7 +11,7 @@ __all__ = ["add_arguments", "run"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``kvmonai verdict``."""
-    from kvmonai.study.verdict import METRICS
+    from kvmonai.study import METRICS
 
     parser.add_argument("study", type=Path, help="a finished study folder (results/<name>)")
     parser.add_argument("--margin", type=float, default=0.01,
@@ -27,10 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the verdict table (and the plan), write ``verdict.csv`` and the forest plot into the study folder."""
-    from kvmonai.study.plots import plot_forest
-    from kvmonai.study.verdict import (
+    from kvmonai.study import (
         VerdictError,
         plan_markdown,
+        plot_forest,
         study_verdict,
         verdict_lines,
         verdict_markdown,

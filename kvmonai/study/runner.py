@@ -35,6 +35,7 @@ __all__ = ["StudyConfig", "measure_paired_latency", "run_study"]
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass
 class StudyConfig:
     """What a study runs.
