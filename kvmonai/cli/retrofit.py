@@ -19,6 +19,8 @@ from kvmonai.utils import add_override_argument, bounded_int
 __all__ = ["add_arguments", "run"]
 
 REPO = Path(__file__).resolve().parents[2]
+#: how the study's recipe draws training batches; retrofit draws them the same way
+_BATCH_KEYS = ("volumes_per_batch", "slices_per_volume", "positive_fraction")
 
 
 def _bundle(text: str) -> Path:
@@ -52,14 +54,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerance", type=float, default=0.01, help="Jaccard gap to QKV that counts (default 0.01)")
     parser.add_argument("--out", type=Path, help="run folder (default: results/retrofit_<bundle>)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    add_override_argument(parser, "bundle setting for every run, repeatable (e.g. --set preset=tiny --set img_size=64)")
+    add_override_argument(
+        parser,
+        "bundle setting for every run, repeatable (e.g. --set preset=tiny --set img_size=64); "
+        "default: the network and batch settings of the study recipe, configs/study.json",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Convert and fine-tune (or measure); returns 0, or 2 for weights or a bundle that do not fit."""
     import torch
 
-    from kvmonai.bundle import device_overrides
+    from kvmonai.bundle import STUDY_NETWORK_KEYS, device_overrides, study_recipe
     from kvmonai.networks import PretrainedError
     from kvmonai.retrofit import RetrofitError, convert_qkv_model, measure_retrofit, train_bundle
 
@@ -68,7 +74,10 @@ def run(args: argparse.Namespace) -> int:
     if args.data is not None:
         overrides["datalist"] = str(args.data.resolve())
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    overrides = {**device_overrides(device), **overrides}
+    # a QKV model from `kvmonai study`: its network settings and batches from the study's recipe (configs/study.json);
+    # epochs and validation are retrofit's own (it validates every epoch to see when KV catches up); --set wins
+    recipe = {k: v for k, v in study_recipe().items() if k in (*STUDY_NETWORK_KEYS, *_BATCH_KEYS)}
+    overrides = {**recipe, **device_overrides(device), **overrides}
     out = (args.out or REPO / "results" / f"retrofit_{args.bundle.name}").resolve()
     try:
         if args.measure:

@@ -8,9 +8,13 @@ import logging
 import sys
 from pathlib import Path
 
+from kvmonai.bundle.recipe import study_recipe
 from kvmonai.utils import bounded_int, int_list
 
 __all__ = ["add_arguments", "run"]
+
+#: the study's recipe, its defaults (kvmonai/bundle/template/configs/study.json)
+_R = study_recipe()
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,13 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated pairs, e.g. setr_qkv,setr_kv "
         "or swin_qkv,swin_kv (default: all, the 14 pairs of the five transformers)",
     )
-    parser.add_argument("--preset", default="small", choices=PRESETS, help="network sizes (default: small)")
+    parser.add_argument("--preset", choices=PRESETS, help=f"network sizes (default: {_R['preset']})")
     parser.add_argument(
         "--img-size", type=bounded_int("--img-size", 16, multiple_of=16),
-        help="input size (default: 64 for small, see the README's study section for why; 224 paper, 64 tiny)",
+        help=f"input size (default: {_R['img_size']} at the recipe's preset, else the preset's own size)",
     )  # fmt: skip
     parser.add_argument(
-        "--epochs", type=bounded_int("--epochs"), default=36, help="training epochs per run (default: 36)"
+        "--epochs", type=bounded_int("--epochs"), help=f"training epochs per run (default: {_R['max_epochs']})"
     )
     parser.add_argument("--folds", type=int_list("--folds", minimum=0), default=[0],
                         help="validation folds, e.g. 0,1,2 (default: 0)")  # fmt: skip
@@ -64,16 +68,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--slices-per-volume",
         type=bounded_int("--slices-per-volume"),
-        default=4,
-        help="slices drawn per volume (default: 4)",
+        help=f"slices drawn per volume (default: {_R['slices_per_volume']})",
     )
     parser.add_argument(
-        "--volumes-per-batch", type=bounded_int("--volumes-per-batch"), default=2, help="volumes per step (default: 2)"
+        "--volumes-per-batch",
+        type=bounded_int("--volumes-per-batch"),
+        help=f"volumes per step (default: {_R['volumes_per_batch']})",
     )
-    parser.add_argument("--positive-fraction", type=float, default=0.75, help="share of slices drawn from slices "
-                        "holding an organ (default: 0.75)")  # fmt: skip
+    parser.add_argument("--positive-fraction", type=float, help="share of slices drawn from slices holding an "
+                        f"organ (default: {_R['positive_fraction']})")  # fmt: skip
     parser.add_argument(
-        "--val-interval", type=bounded_int("--val-interval"), default=12, help="validate every N epochs (default: 12)"
+        "--val-interval",
+        type=bounded_int("--val-interval"),
+        help=f"validate every N epochs (default: {_R['val_interval']})",
     )
     parser.add_argument(
         "--synth-cases", type=bounded_int("--synth-cases"), default=16, help="cases of the default synthetic set"
@@ -159,11 +166,27 @@ def _positive(value: float, name: str) -> float:
     return value
 
 
+def _recipe(args: argparse.Namespace) -> dict:
+    """The study's recipe (``configs/study.json`` of the bundle template) with the options given on the command line.
+
+    Another preset than the recipe's, without ``--img-size``, trains at that preset's own size.
+    """
+    from kvmonai.networks import PRESET_IMG_SIZE
+
+    recipe = dict(_R)
+    if args.preset is not None and args.preset != recipe["preset"]:
+        recipe.update(preset=args.preset, img_size=PRESET_IMG_SIZE[args.preset])
+    given = {"img_size": args.img_size, "max_epochs": args.epochs, "val_interval": args.val_interval,
+             "slices_per_volume": args.slices_per_volume, "volumes_per_batch": args.volumes_per_batch,
+             "positive_fraction": args.positive_fraction}  # fmt: skip
+    recipe.update({k: v for k, v in given.items() if v is not None})
+    return recipe
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the study and print where the report is."""
     import torch
 
-    from kvmonai.networks import PRESET_IMG_SIZE
     from kvmonai.study import StudyConfig, run_study
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -171,16 +194,17 @@ def run(args: argparse.Namespace) -> int:
     # a problem of the study (the runs' own logs keep every message)
     logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
+    recipe = _recipe(args)
     datalist, note, synthetic, default_name = _resolve_data(args)
-    name = args.name or f"{default_name}_{args.preset}"
+    name = args.name or f"{default_name}_{recipe['preset']}"
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     cfg = StudyConfig(
         datalist=datalist,
         out=args.out or REPO / "results" / name,
         pairs=args.pairs if isinstance(args.pairs, list) else _pair_list(args.pairs),
-        preset=args.preset,
-        img_size=args.img_size or (64 if args.preset == "small" else PRESET_IMG_SIZE[args.preset]),
-        epochs=args.epochs,
+        preset=recipe["preset"],
+        img_size=recipe["img_size"],
+        epochs=recipe["max_epochs"],
         folds=args.folds,
         seeds=args.seeds,
         device=device,
@@ -194,10 +218,10 @@ def run(args: argparse.Namespace) -> int:
         if 0 < args.alpha < 1
         else _positive(-1, f"--alpha must be between 0 and 1, got {args.alpha}; --alpha"),
         overrides={
-            "slices_per_volume": args.slices_per_volume,
-            "volumes_per_batch": args.volumes_per_batch,
-            "positive_fraction": args.positive_fraction,
-            "val_interval": args.val_interval,
+            "slices_per_volume": recipe["slices_per_volume"],
+            "volumes_per_batch": recipe["volumes_per_batch"],
+            "positive_fraction": recipe["positive_fraction"],
+            "val_interval": recipe["val_interval"],
         },
     )
     outcome = run_study(cfg, progress=not args.quiet)

@@ -52,6 +52,8 @@ TRAIN_IDS: tuple[str, ...] = (
 )
 #: ``--conf`` keys of the kvmonai app (all others belong to MONAI Label)
 _CONF_BUNDLES, _CONF_MODELS, _CONF_OVERRIDES = "bundles", "models", "overrides"
+#: the ``overrides`` word for the study recipe's network settings
+STUDY_RECIPE = "study"
 
 
 def default_bundles_dir() -> Path:
@@ -69,6 +71,9 @@ def parse_overrides(text: str | Mapping[str, Any] | None) -> dict[str, Any]:
 
     Values are read as JSON when they parse (``64`` -> int, ``true`` -> bool, ``[1, 2]`` -> list), else kept as
     strings (``tiny``). Ids may be nested (``inferer#sw_batch_size=4``). A value holding commas needs the JSON form.
+    The word ``study`` stands for the network settings of the study's recipe (``preset`` and ``img_size`` of
+    ``configs/study.json``), so models trained by ``kvmonai study`` are served as they were trained:
+    ``--conf overrides study``.
 
     Args:
         text: the option's value (a mapping is copied as it is).
@@ -93,6 +98,11 @@ def parse_overrides(text: str | Mapping[str, Any] | None) -> dict[str, Any]:
             raise ValueError(f"--conf overrides: not valid JSON ({e}): {text!r}") from None
     out: dict[str, Any] = {}
     for pair in text.split(","):
+        if pair.strip() == STUDY_RECIPE:  # the network settings the study trains with (configs/study.json)
+            from kvmonai.bundle import STUDY_NETWORK_KEYS, study_recipe
+
+            out.update({k: v for k, v in study_recipe().items() if k in STUDY_NETWORK_KEYS})
+            continue
         key, sep, raw = pair.partition("=")
         key = key.strip()
         if not sep or not key:

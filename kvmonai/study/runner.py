@@ -27,13 +27,17 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from kvmonai.bundle import bundle_workflow, device_overrides
+from kvmonai.bundle import STUDY_CONFIG, bundle_workflow, device_overrides, study_recipe
 from kvmonai.paths import bundle_name, bundles_dir, run_name
 from kvmonai.utils import write_text_atomic
 
 __all__ = ["StudyConfig", "measure_paired_latency", "run_study"]
 
 logger = logging.getLogger(__name__)
+
+#: the bundle configs a study run merges, in order: the recipe overlay after train.json (as MONAI merges a list of
+#: config files), evaluation on top
+_CONFIGS = {"train": ["train.json", STUDY_CONFIG], "evaluate": ["train.json", STUDY_CONFIG, "evaluate.json"]}
 
 
 @dataclass
@@ -44,9 +48,9 @@ class StudyConfig:
         datalist: ``datalist.json`` written by ``kvmonai prepare``.
         out: result folder (``results/<name>``).
         pairs: ``(arch, attention)`` pairs.
-        preset: network preset.
-        img_size: network input size.
-        epochs: training epochs per run.
+        preset: network preset (default: the study recipe's, ``configs/study.json``).
+        img_size: network input size (default: the recipe's).
+        epochs: training epochs per run (default: the recipe's ``max_epochs``).
         folds: validation folds.
         seeds: seeds.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
@@ -65,9 +69,9 @@ class StudyConfig:
     datalist: Path
     out: Path
     pairs: Sequence[tuple[str, str]]
-    preset: str = "small"
-    img_size: int = 128
-    epochs: int = 4
+    preset: str = field(default_factory=lambda: study_recipe()["preset"])
+    img_size: int = field(default_factory=lambda: study_recipe()["img_size"])
+    epochs: int = field(default_factory=lambda: study_recipe()["max_epochs"])
     folds: Sequence[int] = (0,)
     seeds: Sequence[int] = (0,)
     device: str = "cpu"
@@ -183,7 +187,7 @@ def run_fingerprint(
 
     bundle = cfg.bundles / bundle_name(arch, attention)
     configs = hashlib.sha256()
-    for name in ("train.json", "evaluate.json"):
+    for name in _CONFIGS["evaluate"]:
         path = bundle / "configs" / name
         configs.update(path.read_bytes() if path.is_file() else b"")
     settings = {
@@ -273,14 +277,14 @@ def _run_one(
     ckpt = run_dir / "checkpoint_last.pt"
     done_epochs = load_checkpoint(ckpt)["epoch"] if ckpt.is_file() else 0
     start = time.perf_counter()
-    train = bundle_workflow(bundle, ["train.json"], logging=False, **overrides, resume=done_epochs > 0)
+    train = bundle_workflow(bundle, _CONFIGS["train"], logging=False, **overrides, resume=done_epochs > 0)
     try:
         if done_epochs < cfg.epochs:
             train.run()
     finally:
         train.finalize()  # also releases the run folder's lock taken in initialize
     train_seconds = time.perf_counter() - start
-    evaluate = bundle_workflow(bundle, ["train.json", "evaluate.json"], logging=False, **overrides)
+    evaluate = bundle_workflow(bundle, _CONFIGS["evaluate"], logging=False, **overrides)
     try:
         evaluate.run()
     finally:

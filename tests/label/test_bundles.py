@@ -47,6 +47,8 @@ def test_default_bundles_dir(monkeypatch, tmp_path):
         ("preset=tiny,img_size=64", {"preset": "tiny", "img_size": 64}),
         (" amp = false , inferer#sw_batch_size=4", {"amp": False, "inferer#sw_batch_size": 4}),
         ('{"slice_offsets": [-1, 0, 1], "preset": "small"}', {"slice_offsets": [-1, 0, 1], "preset": "small"}),
+        # the study recipe's network settings (kvmonai/bundle/template/configs/study.json), then more pairs
+        ("study, amp=false", {"preset": "small", "img_size": 64, "amp": False}),
     ],
 )
 def test_parse_overrides(text, expected):
