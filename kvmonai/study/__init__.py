@@ -16,15 +16,15 @@ _SUBMODULE: dict[str, str] = {
     "measure_paired_latency": "runner",
     "run_study": "runner",
     "plot_forest": "plots",
-    "METRICS": "verdict",
+    "METRICS": "pairing",
     "VERDICTS": "verdict",
-    "VerdictError": "verdict",
-    "plan_markdown": "verdict",
-    "read_verdict": "verdict",
+    "VerdictError": "pairing",
+    "plan_markdown": "verdict_table",
+    "read_verdict": "verdict_table",
     "study_verdict": "verdict",
-    "verdict_lines": "verdict",
-    "verdict_markdown": "verdict",
-    "write_verdict": "verdict",
+    "verdict_lines": "verdict_table",
+    "verdict_markdown": "verdict_table",
+    "write_verdict": "verdict_table",
 }
 
 __all__ = [
@@ -47,16 +47,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from kvmonai.study.pairing import METRICS, VerdictError
     from kvmonai.study.plots import plot_forest
     from kvmonai.study.report import paired_difference, summarise, write_report
     from kvmonai.study.runner import StudyConfig, measure_paired_latency, run_study
-    from kvmonai.study.verdict import (
-        METRICS,
-        VERDICTS,
-        VerdictError,
+    from kvmonai.study.verdict import VERDICTS, study_verdict
+    from kvmonai.study.verdict_table import (
         plan_markdown,
         read_verdict,
-        study_verdict,
         verdict_lines,
         verdict_markdown,
         write_verdict,

@@ -190,14 +190,10 @@ def write_report(cfg: Any, results: Sequence[dict[str, Any]], failures: Sequence
 
 def _verdict_section(cfg: Any, out: Path) -> list[str]:
     """The verdict table, forest plot and plan for the top of the report (``verdict.csv`` written beside it)."""
+    from kvmonai.study.pairing import VerdictError
     from kvmonai.study.plots import plot_forest
-    from kvmonai.study.verdict import (
-        VerdictError,
-        plan_markdown,
-        study_verdict,
-        verdict_markdown,
-        write_verdict,
-    )
+    from kvmonai.study.verdict import study_verdict
+    from kvmonai.study.verdict_table import plan_markdown, verdict_markdown, write_verdict
 
     margin, alpha = getattr(cfg, "margin", 0.01), getattr(cfg, "alpha", 0.05)
     lines = ["## Verdict: is each variant as good as its QKV twin?", ""]

@@ -27,17 +27,15 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from kvmonai.bundle import STUDY_CONFIG, bundle_workflow, device_overrides, study_recipe
+from kvmonai.bundle import bundle_workflow, device_overrides, study_recipe
 from kvmonai.paths import bundle_name, bundles_dir, run_name
+from kvmonai.study.fingerprint import STUDY_RUN_CONFIGS, data_fingerprint, evaluated, reusable, run_fingerprint
+from kvmonai.study.tracking import finish_parent, parent_run, tag_child
 from kvmonai.utils import write_text_atomic
 
 __all__ = ["StudyConfig", "measure_paired_latency", "run_study"]
 
 logger = logging.getLogger(__name__)
-
-#: the bundle configs a study run merges, in order: the recipe overlay after train.json (as MONAI merges a list of
-#: config files), evaluation on top
-_CONFIGS = {"train": ["train.json", STUDY_CONFIG], "evaluate": ["train.json", STUDY_CONFIG, "evaluate.json"]}
 
 
 @dataclass
@@ -95,6 +93,11 @@ class StudyConfig:
         return self.out.name
 
     @property
+    def experiment(self) -> str:
+        """The study's MLflow experiment."""
+        return f"kvmonai-study-{self.name}"
+
+    @property
     def tracking_uri(self) -> str:
         from monai.utils import path_to_sqlite_uri
 
@@ -144,98 +147,6 @@ def measure_paired_latency(
     return out
 
 
-def data_fingerprint(datalist: Path) -> dict[str, Any]:
-    """What identifies a study's data: the datalist's SHA-256 and the size and modification time of every volume.
-
-    ``kvmonai prepare`` rewrites a volume whose source changed, so a changed volume changes its mtime; hashing every
-    volume would cost a full read of the dataset on every study start.
-    """
-    import hashlib
-
-    text = Path(datalist).read_bytes()
-    entries = json.loads(text)
-    files = sorted(
-        {
-            str(v[k])
-            for split in ("training", "validation", "test")
-            for v in entries.get(split, [])
-            for k in ("image", "label")
-            if k in v
-        }
-    )
-    digest = hashlib.sha256()
-    for name in files:
-        path = Path(datalist).parent / name
-        stat = path.stat() if path.exists() else None
-        digest.update(f"{name}:{stat.st_size if stat else -1}:{stat.st_mtime_ns if stat else -1}\n".encode())
-    return {"datalist": hashlib.sha256(text).hexdigest(), "volumes": len(files), "files": digest.hexdigest()}
-
-
-def run_fingerprint(
-    cfg: StudyConfig, arch: str, attention: str, fold: int, seed: int, data: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """Everything that shapes one run's result: settings, bundle configs, data and code version.
-
-    ``data`` is :func:`data_fingerprint` of ``cfg.datalist`` when the caller has it already (one per study).
-
-    A run folder is reused (its ``result.json``, or its checkpoint resumed) only when its ``fingerprint.json``
-    equals this; otherwise its outputs are moved aside and the run is trained again.
-    """
-    import hashlib
-
-    import kvmonai
-
-    bundle = cfg.bundles / bundle_name(arch, attention)
-    configs = hashlib.sha256()
-    for name in _CONFIGS["evaluate"]:
-        path = bundle / "configs" / name
-        configs.update(path.read_bytes() if path.is_file() else b"")
-    settings = {
-        "arch": arch, "attention": attention, "fold": fold, "seed": seed, "preset": cfg.preset,
-        "img_size": cfg.img_size, "epochs": cfg.epochs, "device": cfg.device,
-        **{k: v for k, v in sorted(cfg.overrides.items())},
-    }  # fmt: skip
-    return {
-        "settings": json.loads(json.dumps(settings, default=str)),
-        "bundle_configs": configs.hexdigest(),
-        "data": data if data is not None else data_fingerprint(cfg.datalist),
-        "kvmonai": kvmonai.__version__,
-    }
-
-
-def _changes(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
-    if old is None:
-        return "no fingerprint (made by an older kvmonai or interrupted before it was written)"
-    changed = []
-    for key, value in new["settings"].items():
-        if old.get("settings", {}).get(key) != value:
-            changed.append(f"{key} {old.get('settings', {}).get(key)!r} -> {value!r}")
-    for key in ("bundle_configs", "data", "kvmonai"):
-        if old.get(key) != new[key]:
-            changed.append({"bundle_configs": "bundle configs", "data": "data", "kvmonai": "kvmonai version"}[key])
-    return ", ".join(changed) or "nothing"
-
-
-def _reusable(run_dir: Path, fingerprint: dict[str, Any]) -> tuple[bool, str]:
-    """Whether ``run_dir`` was made with ``fingerprint``; else what changed."""
-    path = run_dir / "fingerprint.json"
-    try:
-        old = json.loads(path.read_text()) if path.is_file() else None
-    except json.JSONDecodeError:
-        old = None
-    return old == fingerprint, _changes(old, fingerprint)
-
-
-def _evaluated(run_dir: Path) -> bool:
-    """Whether the run's ``eval/per_case.csv`` holds the per-case counts the verdict needs (older runs lack them:
-    they are evaluated again, from their finished checkpoint, without training)."""
-    path = run_dir / "eval" / "per_case.csv"
-    if not path.is_file():
-        return False
-    with open(path) as f:
-        return "tp_stomach" in f.readline().split(",")
-
-
 def _run_one(
     cfg: StudyConfig, arch: str, attention: str, fold: int, seed: int, parent_id: str | None, fingerprint: dict
 ) -> dict:
@@ -267,7 +178,7 @@ def _run_one(
     from kvmonai.bundle import RUN_OUTPUTS, move_aside
 
     if any((run_dir / n).exists() for n in (*RUN_OUTPUTS, "model.pt")):
-        same, changes = _reusable(run_dir, fingerprint)
+        same, changes = reusable(run_dir, fingerprint)
         if not same:
             names = (*RUN_OUTPUTS, "fingerprint.json", "model.pt", "mlruns.db")
             moved = move_aside(run_dir, [run_dir / n for n in names])
@@ -277,14 +188,14 @@ def _run_one(
     ckpt = run_dir / "checkpoint_last.pt"
     done_epochs = load_checkpoint(ckpt)["epoch"] if ckpt.is_file() else 0
     start = time.perf_counter()
-    train = bundle_workflow(bundle, _CONFIGS["train"], logging=False, **overrides, resume=done_epochs > 0)
+    train = bundle_workflow(bundle, STUDY_RUN_CONFIGS["train"], logging=False, **overrides, resume=done_epochs > 0)
     try:
         if done_epochs < cfg.epochs:
             train.run()
     finally:
         train.finalize()  # also releases the run folder's lock taken in initialize
     train_seconds = time.perf_counter() - start
-    evaluate = bundle_workflow(bundle, _CONFIGS["evaluate"], logging=False, **overrides)
+    evaluate = bundle_workflow(bundle, STUDY_RUN_CONFIGS["evaluate"], logging=False, **overrides)
     try:
         evaluate.run()
     finally:
@@ -311,54 +222,17 @@ def _run_one(
         "score_perfect": summary["competition"]["perfect"]["score"],
         "run_dir": str(run_dir),
     }
-    _tag_child(cfg, run_dir.name, parent_id, result)
+    tag_child(cfg.tracking_uri, cfg.experiment, run_dir.name, parent_id, result)
     write_text_atomic(run_dir / "result.json", json.dumps(result, indent=2) + "\n")
     return result
 
 
-def _tag_child(cfg: StudyConfig, run_name: str, parent_id: str | None, result: dict) -> None:
-    """Make the bundle's MLflow run a child of the study run and add the evaluation metrics to it."""
-    if parent_id is None:
-        return
-    from mlflow import MlflowClient
-
-    client = MlflowClient(cfg.tracking_uri)
-    experiment = client.get_experiment_by_name(f"kvmonai-study-{cfg.name}")
-    runs = client.search_runs(
-        [experiment.experiment_id], filter_string=f"attributes.run_name = '{run_name}'", max_results=1
-    )
-    if not runs:
-        return
-    run_id = runs[0].info.run_id
-    client.set_tag(run_id, "mlflow.parentRunId", parent_id)
-    for key in ("jaccard", "weighted_jaccard", "dice", "score"):
-        if result.get(key) is not None:
-            client.log_metric(run_id, f"eval_{key}", float(result[key]))
-
-
-def _parent_run(cfg: StudyConfig) -> str | None:
-    """The study's MLflow parent run (reused when the study is resumed)."""
-    try:
-        from mlflow import MlflowClient
-
-        client = MlflowClient(cfg.tracking_uri)
-        name = f"kvmonai-study-{cfg.name}"
-        experiment = client.get_experiment_by_name(name)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
-        found = client.search_runs([experiment_id], filter_string="tags.kvmonai_study = 'parent'", max_results=1)
-        if found:
-            return found[0].info.run_id
-        run = client.create_run(experiment_id, run_name=f"study_{cfg.name}", tags={"kvmonai_study": "parent"})
-        client.log_param(run.info.run_id, "preset", cfg.preset)
-        client.log_param(run.info.run_id, "epochs", cfg.epochs)
-        client.log_param(run.info.run_id, "folds", ",".join(map(str, cfg.folds)))
-        client.log_param(run.info.run_id, "seeds", ",".join(map(str, cfg.seeds)))
-        client.log_param(run.info.run_id, "datalist", str(cfg.datalist.resolve()))
-        client.log_param(run.info.run_id, "synthetic", cfg.synthetic)
-        return run.info.run_id
-    except Exception as e:  # tracking must never stop the study
-        logger.warning(f"MLflow parent run not created ({e}); runs are still tracked individually.")
-        return None
+def _parent_params(cfg: StudyConfig) -> dict[str, Any]:
+    """The study's settings as parameters of its MLflow parent run."""
+    folds, seeds = ",".join(map(str, cfg.folds)), ",".join(map(str, cfg.seeds))
+    datalist = str(cfg.datalist.resolve())
+    return {"preset": cfg.preset, "epochs": cfg.epochs, "folds": folds, "seeds": seeds, "datalist": datalist,
+            "synthetic": cfg.synthetic}  # fmt: skip
 
 
 def _init_worker(threads: int) -> None:
@@ -427,24 +301,6 @@ def _root_cause(e: BaseException) -> str:
     return text if inner is e else f"{text} (in {type(e).__name__}: {str(e).splitlines()[0][:120]})"
 
 
-def _log_verdict(client: Any, run_id: str, path: Path) -> None:
-    """The pooled verdicts as metrics (difference and interval) and tags (the word) of the study's parent run."""
-    import csv
-
-    if not path.is_file():
-        return
-    client.log_artifact(run_id, str(path))
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            if r["organ"] != "all":
-                continue
-            key = f"verdict_{r['pair']}_{r['metric']}"
-            client.set_tag(run_id, key, r["verdict"])
-            for name in ("diff", "lo", "hi"):
-                if r[name]:
-                    client.log_metric(run_id, f"{key}_{name}", float(r[name]))
-
-
 def run_study(cfg: StudyConfig, progress: bool = True) -> dict[str, Any]:
     """Run every (pair, fold, seed) not finished yet, then write the report.
 
@@ -462,7 +318,8 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> dict[str, Any]:
     from kvmonai.study.report import write_report
 
     cfg.out.mkdir(parents=True, exist_ok=True)
-    parent_id = _parent_run(cfg)  # also creates the MLflow store before any worker writes to it
+    # also creates the MLflow store before any worker writes to it
+    parent_id = parent_run(cfg.tracking_uri, cfg.experiment, cfg.name, _parent_params(cfg))
 
     pairs = list(cfg.pairs) + (arch_pairs(REFERENCES) if cfg.reference else [])
     jobs = [(a, t, f, s) for a, t in pairs for f in cfg.folds for s in cfg.seeds]
@@ -473,7 +330,7 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> dict[str, Any]:
     for i, (arch, attention, fold, seed) in enumerate(jobs):
         run_dir = cfg.run_dir(arch, attention, fold, seed)
         done = run_dir / "result.json"
-        if done.is_file() and _reusable(run_dir, fingerprints[i])[0] and _evaluated(run_dir):
+        if done.is_file() and reusable(run_dir, fingerprints[i])[0] and evaluated(run_dir):
             outcomes[i] = {"result": json.loads(done.read_text())}
         else:
             todo.append(i)
@@ -507,14 +364,5 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> dict[str, Any]:
             logger.error(f"latency measurement failed: {e}")
     report = write_report(cfg, results, failures)
     if parent_id is not None:
-        try:
-            from mlflow import MlflowClient
-
-            client = MlflowClient(cfg.tracking_uri)
-            for path in sorted(cfg.out.glob("*.png")) + [cfg.out / "report.md", cfg.out / "results.csv"]:
-                client.log_artifact(parent_id, str(path))
-            _log_verdict(client, parent_id, cfg.out / "verdict.csv")
-            client.set_terminated(parent_id, "FAILED" if failures else "FINISHED")
-        except Exception as e:
-            logger.warning(f"could not log the report to MLflow: {e}")
+        finish_parent(cfg.tracking_uri, parent_id, cfg.out, failed=bool(failures))
     return {"results": results, "failures": failures, "report": report}

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from kvmonai.data import CLASSES
-from kvmonai.study.verdict import STATS, Comparison, compare
+from kvmonai.study.pairing import STATS, Comparison
+from kvmonai.study.verdict import compare
 from kvmonai.utils import markdown_table
 
 __all__ = ["Scenario", "error_rates", "simulate_comparison"]

@@ -124,7 +124,8 @@ def test_short_run_validates_last_epoch_and_resume_extends_the_schedule(prepared
 
 
 def test_study_fingerprint_names_what_changed(tmp_path):
-    from kvmonai.study.runner import StudyConfig, _reusable, run_fingerprint
+    from kvmonai.study.fingerprint import reusable, run_fingerprint
+    from kvmonai.study.runner import StudyConfig
 
     datalist = tmp_path / "datalist.json"
     (tmp_path / "img.nii.gz").write_bytes(b"x")
@@ -133,14 +134,14 @@ def test_study_fingerprint_names_what_changed(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "fingerprint.json").write_text(json.dumps(run_fingerprint(cfg, "setr", "kv", 0, 0)))
-    assert _reusable(run_dir, run_fingerprint(cfg, "setr", "kv", 0, 0)) == (True, "nothing")
+    assert reusable(run_dir, run_fingerprint(cfg, "setr", "kv", 0, 0)) == (True, "nothing")
 
     bigger = StudyConfig(**{**cfg.__dict__, "epochs": 30, "preset": "small"})
-    same, changes = _reusable(run_dir, run_fingerprint(bigger, "setr", "kv", 0, 0))
+    same, changes = reusable(run_dir, run_fingerprint(bigger, "setr", "kv", 0, 0))
     assert not same and "preset 'tiny' -> 'small'" in changes and "epochs 10 -> 30" in changes
 
     os.utime(tmp_path / "img.nii.gz", ns=(1, 1))  # the volume was rewritten (prepare changed it)
-    same, changes = _reusable(run_dir, run_fingerprint(cfg, "setr", "kv", 0, 0))
+    same, changes = reusable(run_dir, run_fingerprint(cfg, "setr", "kv", 0, 0))
     assert not same and changes == "data"
 
 

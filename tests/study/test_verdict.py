@@ -14,16 +14,9 @@ import torch
 from kvmonai.bundle.evaluation import EvaluationReport
 from kvmonai.cli import main
 from kvmonai.data import CLASSES
+from kvmonai.study.pairing import VerdictError, load_comparisons, metric_values, read_per_case
 from kvmonai.study.simulation import Scenario, error_rates, simulate_comparison
-from kvmonai.study.verdict import (
-    VerdictError,
-    compare,
-    holm,
-    load_comparisons,
-    metric_values,
-    read_per_case,
-    study_verdict,
-)
+from kvmonai.study.verdict import compare, holm, study_verdict
 
 
 def test_metrics_from_per_case_sums_equal_the_evaluation_summary(tmp_path):
