@@ -160,6 +160,9 @@ def benchmark_case(
 ) -> list[CaseResult]:
     """Run each bundle's ``inference.json`` on the synthetic case under each setting and time it.
 
+    Long on purpose: the whole-case measurement (file to file, every runtime of every pair) is one timed
+    sequence whose order makes the runtimes comparable; its docstring lists every setting.
+
     The weights are a seeded random initialisation saved as the bundle's ``models/model.pt`` (speed does not depend
     on the values). Each (bundle, setting) gets a fresh workflow, so one setting's rewrites never leak into another.
 

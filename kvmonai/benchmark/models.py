@@ -90,6 +90,9 @@ def benchmark_models(
 ) -> list[ModelResult]:
     """Measure every attention variant of each architecture, the variants interleaved round by round.
 
+    Long on purpose: one loop builds, times and records every pair side by side, so that the round-robin order
+    that makes the ratios paired stays visible in one place.
+
     Per architecture the QKV, KV (and KV+Pos) networks are built with the same seed, then for each measurement
     (latency at batch 1, throughput at ``throughput_batch``, a training step at ``train_batch``) the variants run
     round-robin for ``warmup + repeats`` rounds. Peak memory is taken in a separate, untimed pass.

@@ -287,6 +287,9 @@ def export_bundle(
 ) -> ExportSummary:
     """Export ``bundle`` with ``weights`` as a self-contained inference bundle in ``out``.
 
+    Long on purpose: every check comes before anything is written, then the bundle is written into a temporary
+    folder and renamed; split, that order would be spread over helpers.
+
     Args:
         bundle: a kvmonai bundle folder (``configs/inference.json``, ``configs/metadata.json``).
         weights: its trained weights (``models/model.pt`` or a training checkpoint).

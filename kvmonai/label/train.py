@@ -197,6 +197,10 @@ class KVBundleTrainTask(BasicTrainTask):
     def train(self, rank: int, world_size: int, request: Mapping[str, Any], datalist: list) -> dict[str, Any]:
         """Run the bundle's training workflow on ``datalist``.
 
+        Long on purpose: it turns one MONAI Label training request into the bundle's workflow (options, datalist,
+        handlers, run folder) in the order monailabel's ``BasicTrainTask`` expects, and the monailabel-dependent
+        tests that cover it run only in ``.venv-label``.
+
         Args:
             rank: process rank (0; one process).
             world_size: number of processes (1).

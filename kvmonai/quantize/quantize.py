@@ -175,6 +175,9 @@ def quantize_bundle(
 ) -> QuantizationReport:
     """Quantise ``bundle``'s network to int8 with NNCF and keep it only if the validation Dice holds.
 
+    Long on purpose: the checks, calibration, the accuracy comparison and the refusal happen in this order,
+    and nothing is written before the decision; split, that guarantee would be spread over helpers.
+
     Args:
         bundle: the bundle folder (its ``models/model.pt`` or the ``weights`` override is quantised).
         datalist: a ``kvmonai prepare`` datalist; its training split calibrates, its validation fold evaluates.

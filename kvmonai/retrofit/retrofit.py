@@ -138,6 +138,9 @@ def measure_retrofit(
 ) -> dict[str, Any]:
     """QKV trained vs KV from scratch vs KV retrofitted from that QKV model, on the same data and budget.
 
+    Long on purpose: the three trainings (QKV, KV from scratch, KV retrofitted) share one data split and
+    settings, and their comparison is written at the end in one place.
+
     The QKV bundle (``<arch>_qkv`` beside ``bundle``) and the KV bundle each train ``epochs`` epochs from scratch;
     then the QKV model (its ``model.pt``, validated after its last epoch) is converted (:func:`convert_qkv_model`),
     validated, and fine-tuned

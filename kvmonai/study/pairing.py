@@ -239,39 +239,54 @@ def load_comparisons(study: str | Path, check_summary: bool = True) -> list[Comp
         if problems:
             comparison.reason = "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
             continue
-        folds: dict[int, dict[int, tuple[np.ndarray, list[str], Path]]] = {}
-        for (fold, seed), run in sorted(mine.items()):
-            pair_stats = []
-            for r in (run, twins[(fold, seed)]):
-                run_dir = study / "runs" / Path(r["run_dir"]).name
-                cases, stats, volumes = read_per_case(run_dir / "eval" / "per_case.csv")
-                if check_summary and r.get("jaccard"):
-                    recomputed = float(metric_values(stats.sum(0), "jaccard"))
-                    if abs(recomputed - float(r["jaccard"])) > 1e-5:
-                        raise VerdictError(
-                            f"{run_dir}: Jaccard from eval/per_case.csv ({recomputed:.6f}) differs from runs.csv "
-                            f"({float(r['jaccard']):.6f}); the run folder was changed after the report was written."
-                        )
-                pair_stats.append((cases, stats, set(volumes), run_dir))
-            (cases, stats, vols, run_dir), (twin_cases, twin_stats, twin_vols, twin_dir) = pair_stats
-            if vols != twin_vols:
-                diff = sorted(vols ^ twin_vols)
+        comparison.folds = _paired_folds(study, mine, twins, check_summary)
+    return out
+
+
+def _run_stats(study: Path, run: dict[str, Any], check_summary: bool) -> tuple[list[str], np.ndarray, set[str], Path]:
+    """One run's per-case statistics, its case-days and folder; its Jaccard checked against ``runs.csv``."""
+    run_dir = study / "runs" / Path(run["run_dir"]).name
+    cases, stats, volumes = read_per_case(run_dir / "eval" / "per_case.csv")
+    if check_summary and run.get("jaccard"):
+        recomputed = float(metric_values(stats.sum(0), "jaccard"))
+        if abs(recomputed - float(run["jaccard"])) > 1e-5:
+            raise VerdictError(
+                f"{run_dir}: Jaccard from eval/per_case.csv ({recomputed:.6f}) differs from runs.csv "
+                f"({float(run['jaccard']):.6f}); the run folder was changed after the report was written."
+            )
+    return cases, stats, set(volumes), run_dir
+
+
+def _paired_folds(
+    study: Path, mine: dict[tuple[int, int], dict], twins: dict[tuple[int, int], dict], check_summary: bool
+) -> dict[int, tuple[np.ndarray, list[int], list[str]]]:
+    """Per fold, the statistics ``(2, S, K, C, 7)`` of the variant and its twin, cases in one order for all seeds.
+
+    Raises:
+        VerdictError: when twins, or the seeds of a fold, were evaluated on different case-days.
+    """
+    folds: dict[int, dict[int, tuple[np.ndarray, list[str], Path]]] = {}
+    for (fold, seed), run in sorted(mine.items()):
+        cases, stats, vols, run_dir = _run_stats(study, run, check_summary)
+        twin_cases, twin_stats, twin_vols, twin_dir = _run_stats(study, twins[(fold, seed)], check_summary)
+        if vols != twin_vols:
+            raise VerdictError(
+                f"{run_dir.name} and {twin_dir.name} were evaluated on different case-days (e.g. "
+                f"{sorted(vols ^ twin_vols)[0]}); re-run both with the same datalist."
+            )
+        order = [twin_cases.index(c) for c in cases]
+        folds.setdefault(fold, {})[seed] = (np.stack([stats, twin_stats[order]]), cases, run_dir)
+    out = {}
+    for fold, seeds in folds.items():
+        first = next(iter(seeds.values()))
+        cases = first[1]
+        stacked = []
+        for seed_stats, seed_cases, run_dir in seeds.values():
+            if set(seed_cases) != set(cases):
                 raise VerdictError(
-                    f"{run_dir.name} and {twin_dir.name} were evaluated on different case-days (e.g. {diff[0]}); "
-                    "re-run both with the same datalist."
+                    f"{run_dir.name} and {first[2].name}: the seeds of fold {fold} were evaluated on different "
+                    "cases; re-run them with the same datalist."
                 )
-            order = [twin_cases.index(c) for c in cases]
-            folds.setdefault(fold, {})[seed] = (np.stack([stats, twin_stats[order]]), cases, run_dir)
-        for fold, seeds in folds.items():
-            first = next(iter(seeds.values()))
-            cases = first[1]
-            stacked = []
-            for seed_stats, seed_cases, run_dir in seeds.values():
-                if set(seed_cases) != set(cases):
-                    raise VerdictError(
-                        f"{run_dir.name} and {first[2].name}: the seeds of fold {fold} were evaluated on different "
-                        "cases; re-run them with the same datalist."
-                    )
-                stacked.append(seed_stats[:, [seed_cases.index(c) for c in cases]])
-            comparison.folds[fold] = (np.stack(stacked, axis=1), sorted(seeds), cases)  # (2, S, K, C, 7)
+            stacked.append(seed_stats[:, [seed_cases.index(c) for c in cases]])
+        out[fold] = (np.stack(stacked, axis=1), sorted(seeds), cases)
     return out

@@ -305,17 +305,23 @@ def compare(
             "superior": p_sup,
             "equivalent": max(p_ni, p_hi),
         }
-    tested = [i for i, c in enumerate(comparisons) if id(c) in pvalues]
+    _holm_words(rows, [pvalues.get(id(c)) for c in comparisons], alpha)
+    return rows
+
+
+def _holm_words(rows: list[dict[str, Any]], pvalues: list[dict[str, float] | None], alpha: float) -> None:
+    """Set each row's ``verdict`` and ``p_adjusted`` from its claims' p-values, Holm-adjusted across the tested rows
+    (a row without p-values, ``None``, is ``inconclusive``)."""
+    tested = [i for i, p in enumerate(pvalues) if p is not None]
     adjusted: dict[int, dict[str, float]] = {i: {} for i in tested}
     for kind in ("inferior", "non-inferior", "superior", "equivalent"):
-        for i, p in zip(tested, holm([pvalues[id(comparisons[i])][kind] for i in tested]), strict=True):
+        for i, p in zip(tested, holm([pvalues[i][kind] for i in tested]), strict=True):
             adjusted[i][kind] = p
     for i, row in enumerate(rows):
         if i in adjusted:
             row["verdict"], row["p_adjusted"] = _word(adjusted[i], alpha / 2), adjusted[i]["non-inferior"]
         else:
             row["verdict"], row["p_adjusted"] = "inconclusive", None
-    return rows
 
 
 def study_verdict(

@@ -361,6 +361,9 @@ class KVSelfAttention(nn.Module):
         attention: str = "qkv",
         pos_channels: int = 50,
     ) -> None:
+        """Checks every argument before anything is built (early ``ValueError``s that name the argument, as MONAI's
+        blocks do), then builds the projections the variant needs. Long on purpose: the checks and the projections
+        they guard read top to bottom, and split helpers would each need most of the arguments."""
         super().__init__()
         check_option("attention", attention, ATTENTION_VARIANTS)
         if hidden_size < 1 or num_heads < 1:

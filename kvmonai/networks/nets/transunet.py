@@ -313,6 +313,9 @@ class TransUNet(nn.Module):
         pos_channels: int = 50,
         save_attn: bool = False,
     ) -> None:
+        """Checks every argument before anything is built (early ``ValueError``s that name the argument, as MONAI's
+        networks do), then builds the layers in forward order. Long on purpose: the checks and the layer shapes they
+        guard read top to bottom, and split helpers would each need most of the arguments."""
         super().__init__()
         check_option("attention", attention, ATTENTION_VARIANTS)
         if in_channels < 1 or out_channels < 1:
