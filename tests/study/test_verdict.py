@@ -213,3 +213,36 @@ def test_twins_evaluated_on_different_cases_are_refused(tmp_path):
     per_case.write_text(per_case.read_text().replace("case0_0_day1", "case9_day1"))
     with pytest.raises(VerdictError, match="different case-days"):
         load_comparisons(study, check_summary=False)
+
+
+@pytest.mark.slow
+def test_kvmonai_verdict_on_a_two_seed_tiny_study(tmp_path, monkeypatch, capsys):
+    """A real two-seed study (tiny preset, 2 cases x 2 days in fold 0), then `kvmonai verdict` on its folder."""
+    from kvmonai.data.prepare import prepare_dataset
+    from kvmonai.data.synth import write_synthetic_dataset
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    write_synthetic_dataset(tmp_path / "raw", cases=10, seed=1, days=2, slices=10, scale=0.25, progress=False)
+    data = Path(prepare_dataset(tmp_path / "raw", tmp_path / "prepared", progress=False).datalist).parent
+    out = tmp_path / "study"
+    args = ["study", "--data", str(data), "--pairs", "setr_qkv,setr_kv", "--preset", "tiny", "--img-size", "64",
+            "--epochs", "2", "--val-interval", "1", "--seeds", "0,1", "--no-reference", "--out", str(out),
+            "--device", "cpu", "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(["verdict", str(out), "--bootstrap", "300"]) == 0
+    printed = capsys.readouterr().out
+    assert "| setr_kv | setr_qkv |" in printed
+    with open(out / "verdict.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["metric"], r["organ"]) for r in rows} >= {("jaccard", "all"), ("score", "stomach")}
+    for r in rows:
+        assert (r["pair"], r["seeds"], r["runs"], r["cases"]) == ("setr_kv", "2", "2", "2")
+        assert r["verdict"] in ("inferior", "equivalent", "superior", "non-inferior", "inconclusive")
+        assert r["diff"] != "" or r["reason"]  # a difference, or why there is none
+        assert (
+            r["verdict"] != "inconclusive"
+            or r["reason"]
+            or float(r["lo"]) <= -0.01 <= float(r["hi"])
+            or (float(r["lo"]) <= 0.01 <= float(r["hi"]))
+        )
