@@ -68,6 +68,16 @@ def test_every_bundle_opens_with_the_ids_the_app_uses():
         assert f"bundle '{spec.name}'" in message and f"POST /train/{spec.name}" in message
 
 
+def _bundle_lacking(root: Path, config: str, key: str) -> Path:
+    """A copy of setr_kv's configs at ``root`` with the id ``key`` deleted from ``configs/<config>``."""
+    shutil.copytree(BUNDLES / "setr_kv" / "configs", root / "configs")
+    path = root / "configs" / config
+    parsed = json.loads(path.read_text())
+    del parsed[key]
+    path.write_text(json.dumps(parsed))
+    return root
+
+
 def test_open_bundle_errors(tmp_path):
     with pytest.raises(ValueError, match="inference.json does not exist"):
         bundles.open_bundle(tmp_path)
@@ -75,11 +85,7 @@ def test_open_bundle_errors(tmp_path):
         bundles.open_bundle(BUNDLES / "setr_kv", {"prest": "tiny"})
     with pytest.raises(ValueError, match="bundle_root"):
         bundles.open_bundle(BUNDLES / "setr_kv", {"bundle_root": "/x"})
-    broken = tmp_path / "broken"
-    shutil.copytree(BUNDLES / "setr_kv" / "configs", broken / "configs")
-    config = json.loads((broken / "configs" / "inference.json").read_text())
-    del config["inferer"]
-    (broken / "configs" / "inference.json").write_text(json.dumps(config))
+    broken = _bundle_lacking(tmp_path / "broken", "inference.json", "inferer")
     with pytest.raises(ValueError, match=r"inference.json: bundle 'broken' lacks the ids \['inferer'\]"):
         bundles.open_bundle(broken)
 
@@ -144,11 +150,7 @@ def test_adapted_transforms_load_a_study_and_its_label(tmp_path):
 
 
 def test_bundle_without_a_loading_id_is_refused(tmp_path):
-    root = tmp_path / "b"
-    shutil.copytree(BUNDLES / "setr_kv" / "configs", root / "configs")
-    config = json.loads((root / "configs" / "train.json").read_text())
-    del config["loading"]
-    (root / "configs" / "train.json").write_text(json.dumps(config))
+    root = _bundle_lacking(tmp_path / "b", "train.json", "loading")
     with pytest.raises(ValueError, match=r"train.json: bundle 'b' lacks the ids \['loading'\]"):
         bundles.open_bundle(root)
 
