@@ -45,18 +45,18 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: patch 8 / 16 with both branches at the input size (``img_scale`` 1, 1): the branches land on strides 8 and 16,
 #: which the decoder takes as they are, and any input side divisible by 16 works. timm's ``crossvit_*_240`` variants
 #: use patches 12 / 16 and resize the input per branch (240 and 224), giving 20x20 and 14x14 grids.
+_CROSSVIT_INPUT: dict[str, Any] = {"patch_size": (8, 16), "img_scale": (1.0, 1.0)}
 CROSSVIT_PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "model_name": "crossvit_15_240",
         "decoder_width": 16,
-        "backbone_kwargs": {"patch_size": (8, 16), "img_scale": (1.0, 1.0)},
+        "backbone_kwargs": dict(_CROSSVIT_INPUT),
     },
     "small": {
         "model_name": "crossvit_15_240",
         "decoder_width": 8,
         "backbone_kwargs": {
-            "patch_size": (8, 16),
-            "img_scale": (1.0, 1.0),
+            **_CROSSVIT_INPUT,
             "embed_dim": (48, 96),
             "depth": ((1, 2, 0), (1, 2, 0)),
             "num_heads": (2, 4),
@@ -67,8 +67,7 @@ CROSSVIT_PRESETS: dict[str, dict[str, Any]] = {
         "model_name": "crossvit_15_240",
         "decoder_width": 4,
         "backbone_kwargs": {
-            "patch_size": (8, 16),
-            "img_scale": (1.0, 1.0),
+            **_CROSSVIT_INPUT,
             "embed_dim": (16, 32),
             "depth": ((1, 1, 0),),
             "num_heads": (1, 2),
