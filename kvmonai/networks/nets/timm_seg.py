@@ -211,9 +211,8 @@ class TimmSegmenter(nn.Module):
         skip_unsupported: bool = True,
         pos_channels: int = 50,
     ) -> None:
-        """Checks every argument before anything is built (early ``ValueError``s that name the argument, as MONAI's
-        networks do), then builds the layers in forward order. Long on purpose: the checks and the layer shapes they
-        guard read top to bottom, and split helpers would each need most of the arguments."""
+        """Checks every argument, then builds the layers in forward order; long on purpose (see "Constructors" in
+        :mod:`kvmonai.networks.nets`)."""
         super().__init__()
         check_option("attention", attention, ATTENTION_VARIANTS)
         sizes = (img_size, img_size) if isinstance(img_size, int) else tuple(int(s) for s in img_size)
