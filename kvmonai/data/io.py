@@ -133,14 +133,12 @@ def load_volume(
 
 
 class LoadVolumed(LoadNiftiOrDicomd):
-    """Dictionary transform around :func:`load_volume` (NIfTI, DICOM and PNG folders), for inference configs.
+    """Dictionary transform around :func:`load_volume` (NIfTI, DICOM and PNG folders), for inference configs:
+    :class:`~kvmonai.portable.volume.LoadNiftiOrDicomd` with PNG folders added; ``keys``, ``dicom_reader``,
+    ``series`` and ``allow_missing_keys`` are the parent's arguments.
 
     Args:
-        keys: keys holding paths.
-        dicom_reader: ``"itk"`` or ``"pydicom"``.
         spacing: spacing for PNG folders (see :func:`load_volume`).
-        series: the DICOM series to read from a folder with several (SeriesInstanceUID or SeriesNumber).
-        allow_missing_keys: do not raise when a key is absent.
     """
 
     def __init__(
