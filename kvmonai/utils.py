@@ -17,6 +17,7 @@ from kvmonai.portable.files import atomic_output  # one implementation, which ex
 
 __all__ = [
     "KVMonaiError",
+    "add_count_argument",
     "add_override_argument",
     "as_flag",
     "bounded_int",
@@ -54,6 +55,21 @@ def add_override_argument(parser: argparse.ArgumentParser, help_text: str) -> No
     parser.add_argument(
         "--set", dest="overrides", action="append", type=config_override, default=[], metavar="ID=VALUE", help=help_text
     )
+
+
+def add_count_argument(
+    parser: argparse.ArgumentParser, flag: str, *, minimum: int = 1, multiple_of: int = 1, **kwargs: Any
+) -> None:
+    """Add the integer option ``flag`` to ``parser``, parsed by :func:`bounded_int` (its errors name ``flag``).
+
+    Args:
+        parser: the command's parser.
+        flag: the option, e.g. ``"--epochs"``.
+        minimum: the smallest value allowed.
+        multiple_of: the value must be a multiple of this.
+        kwargs: the other ``add_argument`` keywords (``default``, ``help``, ...).
+    """
+    parser.add_argument(flag, type=bounded_int(flag, minimum, multiple_of), **kwargs)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

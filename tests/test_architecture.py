@@ -41,8 +41,12 @@ def _package_file(dotted: str) -> Path | None:
 
 
 def _all(path: Path) -> set[str]:
-    """The names listed in the literal ``__all__`` of ``path``."""
+    """The names listed in the literal ``__all__`` of ``path``, or of the module it takes ``__all__`` from (a package
+    that re-exports one module: ``from kvmonai.metrics.segmentation import __all__``)."""
     for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ImportFrom) and any(a.name == "__all__" for a in node.names):
+            source = _module_file(node.module or "")
+            return _all(source) if source is not None else set()
         targets = (
             node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
         )

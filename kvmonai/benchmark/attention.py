@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
-from kvmonai.benchmark.timing import autocast, device_name, forward_call, ratio, time_interleaved
+from kvmonai.benchmark.timing import ResultRow, autocast, device_name, forward_call, ratio, time_interleaved
 
 __all__ = ["DEFAULT_TOKENS", "AttentionResult", "benchmark_attention"]
 
@@ -16,7 +16,7 @@ DEFAULT_TOKENS: tuple[int, ...] = (196, 576, 1024, 2304, 4096)
 
 
 @dataclass
-class AttentionResult:
+class AttentionResult(ResultRow):
     """One variant at one token count. Times in ms; ratios paired against QKV (and KV) in the same rounds."""
 
     device: str
@@ -34,9 +34,6 @@ class AttentionResult:
     backward_vs_qkv: float
     forward_vs_kv: float
     backward_vs_kv: float
-
-    def as_row(self) -> dict[str, object]:
-        return asdict(self)
 
 
 def _fwd_bwd(block: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None) -> Callable[[], object]:

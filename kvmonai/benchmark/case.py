@@ -7,12 +7,13 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from kvmonai.benchmark.timing import ResultRow
 from kvmonai.paths import bundle_name, bundles_dir
 from kvmonai.utils import as_flag, write_text_atomic
 
@@ -32,7 +33,7 @@ SETTINGS: dict[str, dict[str, object]] = {
 
 
 @dataclass
-class CaseResult:
+class CaseResult(ResultRow):
     """One bundle under one setting. ``case_s``: the inference engine's run, from reading the NIfTI to writing the
     mask; ``setup_s``: parsing the bundle and building the network (paid once per process, not per case)."""
 
@@ -50,9 +51,6 @@ class CaseResult:
     per_slice_ms: float
     speedup: float
     mask_dice_vs_fp32: float | None
-
-    def as_row(self) -> dict[str, object]:
-        return asdict(self)
 
 
 def synthetic_case(folder: str | os.PathLike, slices: int = 144, seed: int = 0) -> Path:

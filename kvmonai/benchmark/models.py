@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
-from kvmonai.benchmark.timing import autocast, device_name, forward_call, peak_memory, ratio, time_interleaved
+from kvmonai.benchmark.timing import (
+    ResultRow,
+    autocast,
+    device_name,
+    forward_call,
+    peak_memory,
+    ratio,
+    time_interleaved,
+)
 
 __all__ = ["PEAK_BF16_TFLOPS", "ModelResult", "benchmark_models", "peak_tflops_of"]
 
@@ -24,7 +32,7 @@ def peak_tflops_of(device: str, dtype: torch.dtype | None) -> float | None:
 
 
 @dataclass
-class ModelResult:
+class ModelResult(ResultRow):
     """One architecture/attention pair on one device. Times in ms (median and IQR over interleaved repeats); ratios
     are paired against the QKV twin measured in the same rounds (1.0 for QKV itself)."""
 
@@ -52,9 +60,6 @@ class ModelResult:
     latency_ratio_max: float
     throughput_ratio: float
     train_ratio: float
-
-    def as_row(self) -> dict[str, object]:
-        return asdict(self)
 
 
 def _train_step(net: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None) -> Callable[[], object]:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
 __all__ = [
+    "ResultRow",
     "Timing",
     "autocast",
     "device_name",
@@ -21,6 +22,14 @@ __all__ = [
     "synchronize",
     "time_interleaved",
 ]
+
+
+class ResultRow:
+    """Base of the benchmarks' result dataclasses (one row of their tables)."""
+
+    def as_row(self) -> dict[str, object]:
+        """The fields as a dict, in declaration order."""
+        return asdict(self)  # the subclasses are dataclasses
 
 
 @dataclass(frozen=True)

@@ -20,32 +20,22 @@ from pathlib import Path
 
 __all__ = ["BUNDLES_ENV", "COMMANDS", "main"]
 
-#: name -> (module implementing ``add_arguments``/``run``, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "study": ("kvmonai.cli.study", "train and evaluate architecture/attention pairs and write the comparison report"),
+#: name -> one-line help; the command lives in the module ``kvmonai.cli.<name>`` (``add_arguments``/``run``)
+COMMANDS: dict[str, str] = {
+    "study": "train and evaluate architecture/attention pairs and write the comparison report",
     "verdict": (
-        "kvmonai.cli.verdict",
-        "is each attention variant as good as its QKV twin: paired intervals and a verdict at a margin, from a study",
+        "is each attention variant as good as its QKV twin: paired intervals and a verdict at a margin, from a study"
     ),
-    "complexity": ("kvmonai.cli.complexity", "parameter and MAC table of every architecture/attention pair"),
-    "synth": ("kvmonai.cli.synth", "write a synthetic UW-Madison GI Tract dataset in the Kaggle layout"),
-    "prepare": ("kvmonai.cli.prepare", "Kaggle-layout folder -> NIfTI volumes + MONAI datalist with 5 folds"),
-    "dicom": ("kvmonai.cli.dicom", "write a NIfTI volume as a DICOM MR series with its geometry"),
-    "export": (
-        "kvmonai.cli.export",
-        "a self-contained inference bundle that runs with MONAI alone",
-    ),
-    "pacs": ("kvmonai.cli.pacs", "a local Orthanc PACS with DICOMweb: start, stop, status, load MR series"),
-    "quantize": ("kvmonai.cli.quantize", "int8 post-training quantisation of an inference bundle (OpenVINO)"),
-    "retrofit": (
-        "kvmonai.cli.retrofit",
-        "start a KV bundle from a trained QKV model of the same architecture and fine-tune it",
-    ),
-    "benchmark": (
-        "kvmonai.cli.benchmark",
-        "speed and memory of every pair vs its QKV twin, attention scaling, whole case",
-    ),
-    "bundles": ("kvmonai.cli.bundles", "write the MONAI bundles under bundles/ from the template, or --check them"),
+    "complexity": "parameter and MAC table of every architecture/attention pair",
+    "synth": "write a synthetic UW-Madison GI Tract dataset in the Kaggle layout",
+    "prepare": "Kaggle-layout folder -> NIfTI volumes + MONAI datalist with 5 folds",
+    "dicom": "write a NIfTI volume as a DICOM MR series with its geometry",
+    "export": "a self-contained inference bundle that runs with MONAI alone",
+    "pacs": "a local Orthanc PACS with DICOMweb: start, stop, status, load MR series",
+    "quantize": "int8 post-training quantisation of an inference bundle (OpenVINO)",
+    "retrofit": "start a KV bundle from a trained QKV model of the same architecture and fine-tune it",
+    "benchmark": "speed and memory of every pair vs its QKV twin, attention scaling, whole case",
+    "bundles": "write the MONAI bundles under bundles/ from the template, or --check them",
 }
 
 
@@ -60,10 +50,10 @@ def _build_parser(selected: str | None) -> argparse.ArgumentParser:
         description="Key-value attention for medical image segmentation on MONAI.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (module, help_text) in COMMANDS.items():
+    for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == selected:
-            importlib.import_module(module).add_arguments(p)
+            importlib.import_module(f"{__name__}.{name}").add_arguments(p)
     return parser
 
 
@@ -74,5 +64,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser(selected if selected in COMMANDS else None)
     args = parser.parse_args(args_list)
     args.argv = args_list  # the command line as given, for reports that quote it
-    module = importlib.import_module(COMMANDS[args.command][0])
+    module = importlib.import_module(f"{__name__}.{args.command}")
     return int(module.run(args) or 0)

@@ -16,7 +16,7 @@ __all__ = ["add_arguments", "run"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``kvmonai pacs``."""
-    from kvmonai.utils import bounded_int
+    from kvmonai.utils import add_count_argument
 
     parser.add_argument("action", choices=("start", "stop", "status", "load"), help="what to do")
     parser.add_argument(
@@ -27,15 +27,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--storage", type=Path, default=Path(os.environ.get("KVMONAI_PACS_DIR", "data/pacs")),
         help="Orthanc's database, configuration, log and pid file (default data/pacs, or $KVMONAI_PACS_DIR)",
     )  # fmt: skip
-    parser.add_argument(
-        "--port", type=bounded_int("--port", 1), default=int(os.environ.get("KVMONAI_PACS_PORT", "8042")),
+    add_count_argument(
+        parser, "--port", default=int(os.environ.get("KVMONAI_PACS_PORT", "8042")),
         help="HTTP port on 127.0.0.1 (default 8042, or $KVMONAI_PACS_PORT)",
     )  # fmt: skip
     parser.add_argument(
         "--tilt", type=float, default=0.0,
         help="load: tilt series made from NIfTI by this many degrees, as scanners write oblique stacks (default 0)",
     )  # fmt: skip
-    parser.add_argument("--limit", type=bounded_int("--limit", 1), help="load: at most this many volumes")
+    add_count_argument(parser, "--limit", help="load: at most this many volumes")
 
 
 def run(args: argparse.Namespace) -> int:

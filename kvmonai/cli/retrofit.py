@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from kvmonai.paths import find_bundle
-from kvmonai.utils import add_override_argument, bounded_int
+from kvmonai.utils import add_count_argument, add_override_argument
 
 __all__ = ["add_arguments", "run"]
 
@@ -35,15 +35,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", type=_bundle, required=True, help="the KV bundle: a name (setr_kv) or a folder")
     parser.add_argument("--weights", type=Path, help="models/model.pt of the same architecture's QKV bundle")
     parser.add_argument("--data", type=Path, help="datalist.json (default: the bundle's)")
-    parser.add_argument(
+    add_count_argument(
+        parser,
         "--epochs",
-        type=bounded_int("--epochs"),
         default=10,
         help="fine-tuning epochs; with --measure, the epochs of each run from scratch (default: 10)",
     )
-    parser.add_argument(
+    add_count_argument(
+        parser,
         "--finetune-epochs",
-        type=bounded_int("--finetune-epochs"),
         help="with --measure: fine-tuning epochs of the retrofitted model (default: --epochs)",
     )
     parser.add_argument(

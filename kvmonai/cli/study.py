@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from kvmonai.bundle.recipe import study_recipe
-from kvmonai.utils import bounded_int, int_list
+from kvmonai.utils import add_count_argument, int_list
 
 __all__ = ["add_arguments", "run"]
 
@@ -53,58 +53,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "or swin_qkv,swin_kv (default: all, the 14 pairs of the five transformers)",
     )
     parser.add_argument("--preset", choices=PRESETS, help=f"network sizes (default: {_R['preset']})")
-    parser.add_argument(
-        "--img-size", type=bounded_int("--img-size", 16, multiple_of=16),
+    add_count_argument(
+        parser, "--img-size", minimum=16, multiple_of=16,
         help=f"input size (default: {_R['img_size']} at the recipe's preset, else the preset's own size)",
     )  # fmt: skip
-    parser.add_argument(
-        "--epochs", type=bounded_int("--epochs"), help=f"training epochs per run (default: {_R['max_epochs']})"
-    )
+    add_count_argument(parser, "--epochs", help=f"training epochs per run (default: {_R['max_epochs']})")
     parser.add_argument("--folds", type=int_list("--folds", minimum=0), default=[0],
                         help="validation folds, e.g. 0,1,2 (default: 0)")  # fmt: skip
     parser.add_argument("--seeds", type=int_list("--seeds", minimum=0), default=[0],
                         help="seeds, e.g. 0,1,2 (default: 0)")  # fmt: skip
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument(
-        "--slices-per-volume",
-        type=bounded_int("--slices-per-volume"),
-        help=f"slices drawn per volume (default: {_R['slices_per_volume']})",
+    add_count_argument(
+        parser, "--slices-per-volume", help=f"slices drawn per volume (default: {_R['slices_per_volume']})"
     )
-    parser.add_argument(
-        "--volumes-per-batch",
-        type=bounded_int("--volumes-per-batch"),
-        help=f"volumes per step (default: {_R['volumes_per_batch']})",
-    )
+    add_count_argument(parser, "--volumes-per-batch", help=f"volumes per step (default: {_R['volumes_per_batch']})")
     parser.add_argument("--positive-fraction", type=float, help="share of slices drawn from slices holding an "
                         f"organ (default: {_R['positive_fraction']})")  # fmt: skip
-    parser.add_argument(
-        "--val-interval",
-        type=bounded_int("--val-interval"),
-        help=f"validate every N epochs (default: {_R['val_interval']})",
-    )
-    parser.add_argument(
-        "--synth-cases", type=bounded_int("--synth-cases"), default=16, help="cases of the default synthetic set"
-    )
-    parser.add_argument(
-        "--synth-days",
-        type=bounded_int("--synth-days"),
-        default=1,
-        help="scanned days per case of the default synthetic set",
-    )
-    parser.add_argument(
-        "--synth-slices",
-        type=bounded_int("--synth-slices"),
-        default=48,
-        help="slices per scan of the default synthetic set",
-    )
+    add_count_argument(parser, "--val-interval", help=f"validate every N epochs (default: {_R['val_interval']})")
+    add_count_argument(parser, "--synth-cases", default=16, help="cases of the default synthetic set")
+    add_count_argument(parser, "--synth-days", default=1, help="scanned days per case of the default synthetic set")
+    add_count_argument(parser, "--synth-slices", default=48, help="slices per scan of the default synthetic set")
     parser.add_argument("--synth-scale", type=float, default=0.5, help="image scale of the default synthetic set")
     parser.add_argument(
         "--no-reference", dest="reference", action="store_false",
         help="do not train the CNN reference (unet_cnn: MONAI BasicUNet, same recipe; own row)",
     )  # fmt: skip
-    parser.add_argument("--jobs", type=bounded_int("--jobs"), default=None,
-                        help="runs trained side by side in worker processes, each with its share of the CPU threads "
-                        "(default: 2 on a CPU with 2+ cores, else 1)")  # fmt: skip
+    add_count_argument(parser, "--jobs", default=None,
+                       help="runs trained side by side in worker processes, each with its share of the CPU threads "
+                       "(default: 2 on a CPU with 2+ cores, else 1)")  # fmt: skip
     parser.add_argument("--margin", type=float, default=0.01,
                         help="the verdict's non-inferiority/equivalence margin in Jaccard (default: 0.01)")  # fmt: skip
     parser.add_argument("--alpha", type=float, default=0.05, help="1 - the verdict intervals' level (default: 0.05)")

@@ -26,7 +26,7 @@ from monai.utils import SpaceKeys
 
 from kvmonai.data.kaggle import SLICE_THICKNESS_MM, KaggleFormatError, parse_slice_filename, read_slice_png
 from kvmonai.data.prepare import kaggle_affine
-from kvmonai.portable.errors import InputFormatError, InputNotFoundError
+from kvmonai.portable.errors import InputFormatError
 from kvmonai.portable.volume import CANONICAL_AXCODES, RAS_AXIS_LABELS, to_canonical
 from kvmonai.portable.volume import LoadNiftiOrDicomd, load_nifti_or_dicom
 
@@ -94,7 +94,9 @@ def load_volume(
     spacing: Sequence[float] | None = None,
     series: str | int | None = None,
 ) -> MetaTensor:
-    """Load a NIfTI file, a DICOM series or a PNG folder as a ``(1, H, W, D)`` float32 volume in ``PLS``.
+    """Load a NIfTI file, a DICOM series or a PNG folder as a ``(1, H, W, D)`` float32 volume in ``PLS``: PNG
+    slices here, everything else through :func:`~kvmonai.portable.volume.load_nifti_or_dicom`, whose result and
+    errors (a missing ``path`` included) it keeps.
 
     Args:
         path: a ``.nii``/``.nii.gz`` file, a ``.dcm`` file, a folder of DICOM files (one series) or a folder of PNG
@@ -108,15 +110,12 @@ def load_volume(
         a ``MetaTensor`` whose ``affine`` maps voxels to RAS millimetres.
 
     Raises:
-        InputNotFoundError: (a ``FileNotFoundError``) when ``path`` does not exist.
-        InputFormatError: (a ``ValueError``) when the input kind is not recognised or its reader fails.
-        ValueError: when the volume is not single-channel 2D/3D or holds NaN/inf voxels
-            (:class:`~kvmonai.data.kaggle.KaggleFormatError` for malformed Kaggle PNGs,
-            :class:`~kvmonai.portable.dicom.DicomInputError` for a DICOM input that is not one regular series).
+        InputFormatError: (a ``ValueError``) when ``path`` is no PNG, NIfTI, NRRD or DICOM input.
+        KaggleFormatError: (a ``ValueError``, :mod:`kvmonai.data.kaggle`) for malformed Kaggle PNGs.
+        ValueError: when a PNG volume's spacing is not ``(row, column, slice)``; the errors of
+            :func:`~kvmonai.portable.volume.load_nifti_or_dicom` otherwise.
     """
     p = Path(path)
-    if not p.exists():
-        raise InputNotFoundError(f"{p}: no such file or folder.")
     if p.is_file() and p.name.lower().endswith(".png"):
         return _load_png_folder(p.parent, [p], spacing)
     if p.is_dir():
@@ -134,14 +133,12 @@ def load_volume(
 
 
 class LoadVolumed(LoadNiftiOrDicomd):
-    """Dictionary transform around :func:`load_volume` (NIfTI, DICOM and PNG folders), for inference configs.
+    """Dictionary transform around :func:`load_volume` (NIfTI, DICOM and PNG folders), for inference configs:
+    :class:`~kvmonai.portable.volume.LoadNiftiOrDicomd` with PNG folders added; ``keys``, ``dicom_reader``,
+    ``series`` and ``allow_missing_keys`` are the parent's arguments.
 
     Args:
-        keys: keys holding paths.
-        dicom_reader: ``"itk"`` or ``"pydicom"``.
         spacing: spacing for PNG folders (see :func:`load_volume`).
-        series: the DICOM series to read from a folder with several (SeriesInstanceUID or SeriesNumber).
-        allow_missing_keys: do not raise when a key is absent.
     """
 
     def __init__(

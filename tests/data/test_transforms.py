@@ -10,16 +10,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
 from kvmonai.data.datalist import expand_slices, load_datalist, split_fold
 from kvmonai.data.prepare import kaggle_affine
-from kvmonai.portable.transforms import (
-    ExtractSlice,
-    ExtractSliced,
-    NeighbourChannels,
-    NeighbourChannelsd,
-    RandSliceSamplerd,
-    ScaleIntensityRobust,
-    ScaleIntensityRobustd,
-    neighbour_indices,
-)
+from kvmonai.portable import transforms
 
 
 def _volume(c: int = 1, h: int = 4, w: int = 5, d: int = 6) -> MetaTensor:
@@ -29,42 +20,42 @@ def _volume(c: int = 1, h: int = 4, w: int = 5, d: int = 6) -> MetaTensor:
 
 
 def test_neighbour_indices_clamp():
-    assert neighbour_indices(0, 6) == [0, 0, 2]
-    assert neighbour_indices(1, 6) == [0, 1, 3]
-    assert neighbour_indices(5, 6) == [3, 5, 5]
-    assert neighbour_indices(2, 3, (-1, 0, 1)) == [1, 2, 2]
+    assert transforms.neighbour_indices(0, 6) == [0, 0, 2]
+    assert transforms.neighbour_indices(1, 6) == [0, 1, 3]
+    assert transforms.neighbour_indices(5, 6) == [3, 5, 5]
+    assert transforms.neighbour_indices(2, 3, (-1, 0, 1)) == [1, 2, 2]
     with pytest.raises(ValueError, match="outside"):
-        neighbour_indices(6, 6)
+        transforms.neighbour_indices(6, 6)
     with pytest.raises(ValueError, match="offsets"):
-        neighbour_indices(0, 6, ())
+        transforms.neighbour_indices(0, 6, ())
 
 
 def test_extract_slice_with_neighbours_and_affine():
     vol = _volume(c=2)
-    out = ExtractSlice((-2, 0, 2))(vol, 1)
+    out = transforms.ExtractSlice((-2, 0, 2))(vol, 1)
     assert tuple(out.shape) == (6, 4, 5)
     # channel-major: (c0 at z-2, c0 at z, c0 at z+2, c1 at ...), clamped at slice 0
     assert out[:, 0, 0].tolist() == [0, 1, 3, 100, 101, 103]
     assert isinstance(out, MetaTensor) and out.meta["slice"] == 1
     np.testing.assert_allclose(out.affine, [[0, -1.5, 0], [-1.5, 0, 0], [0, 0, 1]])
-    label = ExtractSlice()(torch.zeros(3, 4, 5, 6), 5)
+    label = transforms.ExtractSlice()(torch.zeros(3, 4, 5, 6), 5)
     assert tuple(label.shape) == (3, 4, 5)
     with pytest.raises(ValueError, match="channel-first volume"):
-        ExtractSlice()(torch.zeros(4, 5, 6), 0)
+        transforms.ExtractSlice()(torch.zeros(4, 5, 6), 0)
 
 
 def test_neighbour_channels_agree_with_extract_slice():
     vol = _volume(c=2)
-    stacked = NeighbourChannels((-2, 0, 2))(vol)
+    stacked = transforms.NeighbourChannels((-2, 0, 2))(vol)
     assert tuple(stacked.shape) == (6, 4, 5, 6)
     for z in range(6):
-        torch.testing.assert_close(stacked[..., z].as_tensor(), ExtractSlice((-2, 0, 2))(vol, z).as_tensor())
-    assert NeighbourChannelsd("image")({"image": vol})["image"].shape[0] == 6
+        torch.testing.assert_close(stacked[..., z].as_tensor(), transforms.ExtractSlice((-2, 0, 2))(vol, z).as_tensor())
+    assert transforms.NeighbourChannelsd("image")({"image": vol})["image"].shape[0] == 6
 
 
 def test_sampler_draws_positive_slices_reproducibly():
     data = {"image": _volume(), "label": torch.zeros(3, 4, 5, 6), "nonempty_slices": [2, 3]}
-    sampler = RandSliceSamplerd(["image", "label"], num_samples=8, pos_fraction=1.0)
+    sampler = transforms.RandSliceSamplerd(["image", "label"], num_samples=8, pos_fraction=1.0)
     sampler.set_random_state(0)
     out = sampler(data)
     assert len(out) == 8 and {o["slice"] for o in out} <= {2, 3}
@@ -74,15 +65,15 @@ def test_sampler_draws_positive_slices_reproducibly():
     # without the datalist field the label decides
     label = torch.zeros(3, 4, 5, 6)
     label[1, 0, 0, 4] = 1
-    only = RandSliceSamplerd("image", num_samples=5, pos_fraction=1.0)({"image": _volume(), "label": label})
+    only = transforms.RandSliceSamplerd("image", num_samples=5, pos_fraction=1.0)({"image": _volume(), "label": label})
     assert {o["slice"] for o in only} == {4}
-    uniform = RandSliceSamplerd("image", num_samples=50, pos_fraction=None)
+    uniform = transforms.RandSliceSamplerd("image", num_samples=50, pos_fraction=None)
     uniform.set_random_state(1)
     assert {o["slice"] for o in uniform({"image": _volume()})} == set(range(6))
     with pytest.raises(KeyError, match="pos_fraction=None"):
-        RandSliceSamplerd("image", pos_fraction=0.5, label_key=None)({"image": _volume()})
+        transforms.RandSliceSamplerd("image", pos_fraction=0.5, label_key=None)({"image": _volume()})
     with pytest.raises(ValueError, match="pos_fraction"):
-        RandSliceSamplerd("image", pos_fraction=1.5)
+        transforms.RandSliceSamplerd("image", pos_fraction=1.5)
 
 
 def test_pipeline_on_prepared_volumes(prepared_root):
@@ -91,10 +82,10 @@ def test_pipeline_on_prepared_volumes(prepared_root):
         [
             LoadImaged(["image", "label"]),
             EnsureChannelFirstd(["image", "label"]),
-            RandSliceSamplerd(["image", "label"], num_samples=3, pos_fraction=1.0),
-            ExtractSliced("image", offsets=(-2, 0, 2)),
-            ExtractSliced("label"),
-            ScaleIntensityRobustd("image"),
+            transforms.RandSliceSamplerd(["image", "label"], num_samples=3, pos_fraction=1.0),
+            transforms.ExtractSliced("image", offsets=(-2, 0, 2)),
+            transforms.ExtractSliced("label"),
+            transforms.ScaleIntensityRobustd("image"),
         ]
     )
     pipeline.set_random_state(0)
@@ -106,7 +97,7 @@ def test_pipeline_on_prepared_volumes(prepared_root):
         assert s["slice"] in item["nonempty_slices"] and s["label"].sum() > 0
         assert float(s["image"].min()) >= 0.0 and float(s["image"].max()) <= 1.0
     with pytest.raises(KeyError, match="RandSliceSamplerd"):
-        ExtractSliced("image")({"image": _volume()})
+        transforms.ExtractSliced("image")({"image": _volume()})
 
 
 def test_transforms_instantiate_from_a_bundle_config():
@@ -138,21 +129,22 @@ def test_scaling_is_gain_invariant():
     vol = torch.as_tensor(rng.gamma(2.0, 150.0, size=(1, 16, 16, 5)))
     vol[..., 2] = 0  # an empty slice
     for per_slice in (False, True):
-        t = ScaleIntensityRobust(per_slice=per_slice)
+        t = transforms.ScaleIntensityRobust(per_slice=per_slice)
         a, b = t(vol), t(vol * 37.0)
         torch.testing.assert_close(a, b)
         assert torch.isfinite(a).all() and float(a.min()) == 0.0 and float(a.max()) == 1.0
-    per = ScaleIntensityRobust(per_slice=True)(vol)
+    per = transforms.ScaleIntensityRobust(per_slice=True)(vol)
     assert float(per[..., 2].abs().max()) == 0.0  # constant slice -> b_min, no NaN
     assert torch.allclose(per[..., 0].max(), torch.tensor(1.0))
     # per slice: a slice with 10x the gain of its neighbours gets the same scale as them
     mixed = vol.clone()
     mixed[..., 1] *= 10
-    torch.testing.assert_close(ScaleIntensityRobust(per_slice=True)(mixed), per)
-    out = ScaleIntensityRobustd("image", lower=0, upper=100, b_min=-1, b_max=1)({"image": _volume()})["image"]
+    torch.testing.assert_close(transforms.ScaleIntensityRobust(per_slice=True)(mixed), per)
+    scale = transforms.ScaleIntensityRobustd("image", lower=0, upper=100, b_min=-1, b_max=1)
+    out = scale({"image": _volume()})["image"]
     assert isinstance(out, MetaTensor) and float(out.min()) == -1 and float(out.max()) == 1
     with pytest.raises(ValueError, match="lower < upper"):
-        ScaleIntensityRobust(lower=90, upper=10)
+        transforms.ScaleIntensityRobust(lower=90, upper=10)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.uint16])
@@ -161,12 +153,12 @@ def test_scaling_is_the_exact_percentile_formula(dtype):
     why MONAI's ScaleIntensityRangePercentiles, with torch.quantile in float32 on small volumes, is not used)."""
     rng = np.random.default_rng(0)
     vol = rng.gamma(2.0, 300.0, size=(1, 64, 64, 20)).astype(dtype)
-    out = ScaleIntensityRobustd("image")({"image": MetaTensor(torch.as_tensor(vol))})["image"]
+    out = transforms.ScaleIntensityRobustd("image")({"image": MetaTensor(torch.as_tensor(vol))})["image"]
     lo, hi = np.percentile(vol.astype(np.float64), [0.5, 99.5])
     expected = np.clip((vol.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0)
     assert isinstance(out, MetaTensor) and out.dtype == torch.float32
     np.testing.assert_allclose(out.numpy(), expected, atol=1e-6, rtol=0)
-    np.testing.assert_allclose(ScaleIntensityRobust()(vol).numpy(), expected, atol=1e-6, rtol=0)  # numpy in
+    np.testing.assert_allclose(transforms.ScaleIntensityRobust()(vol).numpy(), expected, atol=1e-6, rtol=0)  # numpy in
 
 
 def test_expand_slices_and_split_fold():

@@ -6,15 +6,7 @@ import pytest
 import torch
 from monai.inferers import SliceInferer
 
-from kvmonai.inference import (
-    FastSliceInferer,
-    autocast_dtype,
-    cpu_has_fast_bf16,
-    fold_batch_norms,
-    freeze_for_inference,
-    inplace_activations,
-    optimize_for_inference,
-)
+from kvmonai import inference
 from kvmonai.networks import STUDY_ARCHITECTURES, create
 
 
@@ -38,7 +30,7 @@ def test_optimize_for_inference_keeps_the_function(arch):
     x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
         before = net(x)
-    optimize_for_inference(net)
+    inference.optimize_for_inference(net)
     with torch.inference_mode():
         after = net(x.contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(after, before, atol=2e-4, rtol=1e-4)
@@ -46,13 +38,13 @@ def test_optimize_for_inference_keeps_the_function(arch):
 
 def test_rewrites_happen_where_expected():
     setr = _trained_looking(create("setr", "kv", "tiny", img_size=64))
-    assert fold_batch_norms(setr) == 2  # the PUP stages: log2(patch size 4) of the tiny preset
+    assert inference.fold_batch_norms(setr) == 2  # the PUP stages: log2(patch size 4) of the tiny preset
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in setr.modules())
-    assert inplace_activations(setr) == 2 and inplace_activations(setr) == 0  # the PUP ReLUs, once
+    assert inference.inplace_activations(setr) == 2 and inference.inplace_activations(setr) == 0  # the PUP ReLUs, once
     cvt = _trained_looking(create("cvt", "kv", "tiny", img_size=64))
-    assert fold_batch_norms(cvt) > 0
+    assert inference.fold_batch_norms(cvt) > 0
     transunet = create("transunet", "kv", "tiny", img_size=64).eval()
-    frozen = freeze_for_inference(transunet)
+    frozen = inference.freeze_for_inference(transunet)
     assert frozen > 0 and not any(hasattr(m, "inference_module") for m in transunet.modules())
 
 
@@ -68,19 +60,19 @@ def test_bundle_handler_follows_the_fuse_setting():
 
 def test_fold_refuses_training_mode():
     with pytest.raises(ValueError, match="eval"):
-        fold_batch_norms(create("setr", "kv", "tiny", img_size=64).train())
+        inference.fold_batch_norms(create("setr", "kv", "tiny", img_size=64).train())
 
 
 def test_autocast_dtype_choices():
-    assert autocast_dtype("fp32", "cpu") is None
-    assert autocast_dtype("bf16", "cpu") is torch.bfloat16
-    assert autocast_dtype("auto", "cpu") is (torch.bfloat16 if cpu_has_fast_bf16() else None)
+    assert inference.autocast_dtype("fp32", "cpu") is None
+    assert inference.autocast_dtype("bf16", "cpu") is torch.bfloat16
+    assert inference.autocast_dtype("auto", "cpu") is (torch.bfloat16 if inference.cpu_has_fast_bf16() else None)
     with pytest.raises(ValueError, match="CUDA"):
-        autocast_dtype("fp16", "cpu")
+        inference.autocast_dtype("fp16", "cpu")
     with pytest.raises(ValueError, match="precision must be one of"):
-        autocast_dtype("int8", "cpu")
+        inference.autocast_dtype("int8", "cpu")
     with pytest.raises(ValueError, match="precision must be one of"):
-        FastSliceInferer(roi_size=(64, 64), precision="half")
+        inference.FastSliceInferer(roi_size=(64, 64), precision="half")
 
 
 def test_boolean_settings_from_the_command_line():
@@ -94,9 +86,9 @@ def test_boolean_settings_from_the_command_line():
         with pytest.raises(ValueError, match="multi_gpu must be true or false"):
             as_flag("multi_gpu", bad)
     with pytest.raises(ValueError, match="channels_last must be true or false"):
-        FastSliceInferer(roi_size=(64, 64), channels_last="maybe")
+        inference.FastSliceInferer(roi_size=(64, 64), channels_last="maybe")
     with pytest.raises(ValueError, match="fuse must be true or false"):
-        optimize_for_inference(torch.nn.Linear(2, 2), fuse="maybe")
+        inference.optimize_for_inference(torch.nn.Linear(2, 2), fuse="maybe")
 
 
 def test_fast_slice_inferer_matches_slice_inferer():
@@ -105,8 +97,8 @@ def test_fast_slice_inferer_matches_slice_inferer():
     volume = torch.randn(1, 3, 64, 64, 5)
     with torch.inference_mode():
         reference = SliceInferer(roi_size=(64, 64), sw_batch_size=4, spatial_dim=2)(volume, net)
-        fp32 = FastSliceInferer(roi_size=(64, 64), sw_batch_size=4, precision="fp32")(volume, net)
-        bf16 = FastSliceInferer(roi_size=(64, 64), sw_batch_size=4, precision="bf16")(volume, net)
+        fp32 = inference.FastSliceInferer(roi_size=(64, 64), sw_batch_size=4, precision="fp32")(volume, net)
+        bf16 = inference.FastSliceInferer(roi_size=(64, 64), sw_batch_size=4, precision="bf16")(volume, net)
     torch.testing.assert_close(fp32, reference, atol=1e-5, rtol=1e-5)
     assert bf16.dtype == torch.float32 and bf16.shape == reference.shape
     assert (bf16 - reference).abs().max() < 0.1  # bf16 keeps 8 bits of mantissa

@@ -9,15 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kvmonai.label import APP_DIR
-from kvmonai.label.bundles import (
-    LabelAppSettings,
-    default_bundles_dir,
-    find_bundles,
-    open_bundle,
-    parse_overrides,
-    study_loading,
-)
+from kvmonai.label import APP_DIR, bundles
 from kvmonai.label.datalist import label_values, split_items
 from kvmonai.label.handlers import TrainStatsWriter
 from kvmonai.networks import pairs
@@ -34,9 +26,9 @@ def test_app_folder_holds_main_py():
 
 def test_default_bundles_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("KVMONAI_BUNDLES", raising=False)
-    assert default_bundles_dir() == BUNDLES
+    assert bundles.default_bundles_dir() == BUNDLES
     monkeypatch.setenv("KVMONAI_BUNDLES", str(tmp_path))
-    assert default_bundles_dir() == tmp_path
+    assert bundles.default_bundles_dir() == tmp_path
 
 
 @pytest.mark.parametrize(
@@ -52,22 +44,22 @@ def test_default_bundles_dir(monkeypatch, tmp_path):
     ],
 )
 def test_parse_overrides(text, expected):
-    assert parse_overrides(text) == expected
+    assert bundles.parse_overrides(text) == expected
 
 
 @pytest.mark.parametrize(("text", "match"), [("preset", "id=value"), ("=3", "id=value"), ("{nope", "not valid JSON")])
 def test_parse_overrides_errors(text, match):
     with pytest.raises(ValueError, match=match):
-        parse_overrides(text)
+        bundles.parse_overrides(text)
 
 
 def test_every_bundle_opens_with_the_ids_the_app_uses():
-    names = [p.name for p in find_bundles(BUNDLES)]
+    names = [p.name for p in bundles.find_bundles(BUNDLES)]
     # the 14 pairs, the CNN reference and the timm backbones' bundles
     assert names == sorted(f"{a}_{t}" for a, t in pairs(references=True, extra=True))
     assert "setr_kv" in names and "unet_cnn" in names and "swin_kv" in names
-    for path in find_bundles(BUNDLES):
-        spec = open_bundle(path, {"preset": "tiny", "img_size": 64, "max_epochs": 2})
+    for path in bundles.find_bundles(BUNDLES):
+        spec = bundles.open_bundle(path, {"preset": "tiny", "img_size": 64, "max_epochs": 2})
         assert spec.name == path.name and spec.labels == LABELS
         assert spec.weights == path.resolve() / "models" / "model.pt"
         assert spec.infer_overrides == {"preset": "tiny", "img_size": 64}  # max_epochs is a train.json id only
@@ -76,51 +68,57 @@ def test_every_bundle_opens_with_the_ids_the_app_uses():
         assert f"bundle '{spec.name}'" in message and f"POST /train/{spec.name}" in message
 
 
+def _bundle_lacking(root: Path, config: str, key: str) -> Path:
+    """A copy of setr_kv's configs at ``root`` with the id ``key`` deleted from ``configs/<config>``."""
+    shutil.copytree(BUNDLES / "setr_kv" / "configs", root / "configs")
+    path = root / "configs" / config
+    parsed = json.loads(path.read_text())
+    del parsed[key]
+    path.write_text(json.dumps(parsed))
+    return root
+
+
 def test_open_bundle_errors(tmp_path):
     with pytest.raises(ValueError, match="inference.json does not exist"):
-        open_bundle(tmp_path)
+        bundles.open_bundle(tmp_path)
     with pytest.raises(ValueError, match="'prest' is not an id of setr_kv"):
-        open_bundle(BUNDLES / "setr_kv", {"prest": "tiny"})
+        bundles.open_bundle(BUNDLES / "setr_kv", {"prest": "tiny"})
     with pytest.raises(ValueError, match="bundle_root"):
-        open_bundle(BUNDLES / "setr_kv", {"bundle_root": "/x"})
-    broken = tmp_path / "broken"
-    shutil.copytree(BUNDLES / "setr_kv" / "configs", broken / "configs")
-    config = json.loads((broken / "configs" / "inference.json").read_text())
-    del config["inferer"]
-    (broken / "configs" / "inference.json").write_text(json.dumps(config))
+        bundles.open_bundle(BUNDLES / "setr_kv", {"bundle_root": "/x"})
+    broken = _bundle_lacking(tmp_path / "broken", "inference.json", "inferer")
     with pytest.raises(ValueError, match=r"inference.json: bundle 'broken' lacks the ids \['inferer'\]"):
-        open_bundle(broken)
+        bundles.open_bundle(broken)
 
 
 def test_find_bundles_selection_and_errors(tmp_path):
-    assert [p.name for p in find_bundles(BUNDLES, ["setr_kv", "cvt_qkv", "setr_kv"])] == ["setr_kv", "cvt_qkv"]
-    assert len(find_bundles(BUNDLES, ["all"])) == len(pairs(references=True, extra=True))
+    assert [p.name for p in bundles.find_bundles(BUNDLES, ["setr_kv", "cvt_qkv", "setr_kv"])] == ["setr_kv", "cvt_qkv"]
+    assert len(bundles.find_bundles(BUNDLES, ["all"])) == len(pairs(references=True, extra=True))
     with pytest.raises(ValueError, match=r"\['setr_xx'\] not found"):
-        find_bundles(BUNDLES, ["setr_xx"])
+        bundles.find_bundles(BUNDLES, ["setr_xx"])
     with pytest.raises(ValueError, match="does not exist"):
-        find_bundles(tmp_path / "none")
+        bundles.find_bundles(tmp_path / "none")
     with pytest.raises(ValueError, match="holds no bundle"):
-        find_bundles(tmp_path)
+        bundles.find_bundles(tmp_path)
 
 
 def test_settings_from_conf(monkeypatch):
     monkeypatch.delenv("KVMONAI_BUNDLES", raising=False)
-    s = LabelAppSettings.from_conf({"models": "setr_kv, unetr_kv", "overrides": "preset=small,img_size=128"})
+    s = bundles.LabelAppSettings.from_conf({"models": "setr_kv, unetr_kv", "overrides": "preset=small,img_size=128"})
     assert s.bundles_dir == BUNDLES and s.models == ("setr_kv", "unetr_kv")
     assert [b.name for b in s.bundles()] == ["setr_kv", "unetr_kv"]
     assert s.bundles()[0].infer_overrides == {"preset": "small", "img_size": 128}
-    assert LabelAppSettings.from_conf({"bundles": str(BUNDLES)}).models == ()
+    assert bundles.LabelAppSettings.from_conf({"bundles": str(BUNDLES)}).models == ()
 
 
 def test_study_loading_reads_studies_like_inference():
     """The app overrides train.json's ``loading`` id; the rest of the preprocessing is the bundle's own."""
-    spec = open_bundle(BUNDLES / "setr_kv")
-    out = study_loading(spec)
+    spec = bundles.open_bundle(BUNDLES / "setr_kv")
+    out = bundles.study_loading(spec)
     assert [t["_target_"] for t in out] == ["kvmonai.data.LoadVolumed", "kvmonai.label.transforms.LabelMapToChannelsd"]
     assert out[0]["keys"] == ["image", "label"] and out[1]["values_key"] == "label_values"
-    assert out[1]["num_classes"] == 3 and study_loading(spec, num_classes=2)[1]["num_classes"] == 2
+    assert out[1]["num_classes"] == 3 and bundles.study_loading(spec, num_classes=2)[1]["num_classes"] == 2
     with pytest.raises(ValueError, match="num_classes must be positive"):
-        study_loading(spec, num_classes=0)
+        bundles.study_loading(spec, num_classes=0)
     bundle, app = spec.parser("train"), spec.parser("train")
     app["loading"] = out
     for id_ in ("train#preprocessing", "validate#preprocessing"):
@@ -140,7 +138,9 @@ def test_adapted_transforms_load_a_study_and_its_label(tmp_path):
     nib.save(nib.Nifti1Image(rng.random((6, 4, 3)).astype(np.float32), np.eye(4)), tmp_path / "i.nii.gz")
     label = rng.integers(0, 4, (6, 4, 3)).astype(np.uint8)
     nib.save(nib.Nifti1Image(label, np.eye(4)), tmp_path / "l.nii.gz")
-    parser = ConfigParser({"t": {"_target_": "Compose", "transforms": study_loading(open_bundle(BUNDLES / "setr_kv"))}})
+    parser = ConfigParser(
+        {"t": {"_target_": "Compose", "transforms": bundles.study_loading(bundles.open_bundle(BUNDLES / "setr_kv"))}}
+    )
     d = parser.get_parsed_content("t")(
         {"image": str(tmp_path / "i.nii.gz"), "label": str(tmp_path / "l.nii.gz"), "label_values": [1, 2, 3]}
     )
@@ -150,13 +150,9 @@ def test_adapted_transforms_load_a_study_and_its_label(tmp_path):
 
 
 def test_bundle_without_a_loading_id_is_refused(tmp_path):
-    root = tmp_path / "b"
-    shutil.copytree(BUNDLES / "setr_kv" / "configs", root / "configs")
-    config = json.loads((root / "configs" / "train.json").read_text())
-    del config["loading"]
-    (root / "configs" / "train.json").write_text(json.dumps(config))
+    root = _bundle_lacking(tmp_path / "b", "train.json", "loading")
     with pytest.raises(ValueError, match=r"train.json: bundle 'b' lacks the ids \['loading'\]"):
-        open_bundle(root)
+        bundles.open_bundle(root)
 
 
 def test_label_values():

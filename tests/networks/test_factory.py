@@ -35,19 +35,13 @@ def test_output_prior_sets_the_starting_logits(arch, attention):
 
 
 @pytest.mark.parametrize(("arch", "attention"), pairs())
-def test_pair_trains_on_random_data(arch, attention):
+def test_pair_trains_on_random_data(arch, attention, train_losses):
     torch.manual_seed(0)
     net = create(arch, attention, "tiny", in_channels=3, out_channels=3, img_size=SIZE)
     x = torch.randn(4, 3, SIZE, SIZE)
     target = (torch.rand(4, 3, SIZE, SIZE) > 0.7).float()
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(6):
-        opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x), target)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_losses(net, x, target, torch.nn.functional.binary_cross_entropy_with_logits, opt, steps=6)
     assert losses[-1] < losses[0], losses
 
 
@@ -59,13 +53,8 @@ def test_single_slice_and_25d_inputs(arch, in_channels):
 
 
 @pytest.mark.parametrize("arch", STUDY_ARCHITECTURES)
-def test_deterministic_init_and_trace(arch, tmp_path):
-    torch.manual_seed(7)
-    a = create(arch, "kv", "tiny", img_size=SIZE)
-    torch.manual_seed(7)
-    b = create(arch, "kv", "tiny", img_size=SIZE)
-    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
-        assert torch.equal(pa, pb), name
+def test_deterministic_init_and_trace(arch, tmp_path, assert_same_init):
+    a = assert_same_init(lambda: create(arch, "kv", "tiny", img_size=SIZE), seed=7)
     a.eval()
     x = torch.randn(1, 3, SIZE, SIZE)
     with torch.no_grad():

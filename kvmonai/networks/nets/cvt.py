@@ -169,9 +169,8 @@ class CvTUNet(nn.Module):
         kv_mode: str = "shared_stride1",
         pos_channels: int = 50,
     ) -> None:
-        """Checks every argument before anything is built (early ``ValueError``s that name the argument, as MONAI's
-        networks do), then builds the layers in forward order. Long on purpose: the checks and the layer shapes they
-        guard read top to bottom, and split helpers would each need most of the arguments."""
+        """Checks every argument, then builds the layers in forward order; long on purpose (see "Constructors" in
+        :mod:`kvmonai.networks.nets`)."""
         super().__init__()
         check_option("attention", attention, ATTENTION_VARIANTS)
         check_option("kv_mode", kv_mode, KV_MODES)

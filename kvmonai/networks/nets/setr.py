@@ -125,9 +125,8 @@ class SETR(nn.Module):
         dropout_rate: float = 0.0,
         qkv_bias: bool = True,
     ) -> None:
-        """Checks every argument before anything is built (early ``ValueError``s that name the argument, as MONAI's
-        networks do), then builds the layers in forward order. Long on purpose: the checks and the layer shapes they
-        guard read top to bottom, and split helpers would each need most of the arguments."""
+        """Checks every argument, then builds the layers in forward order; long on purpose (see "Constructors" in
+        :mod:`kvmonai.networks.nets`)."""
         super().__init__()
         img = ensure_tuple_rep(img_size, 2)
         check_option("attention", attention, ATTENTION_VARIANTS)

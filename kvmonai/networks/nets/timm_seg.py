@@ -45,18 +45,18 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: patch 8 / 16 with both branches at the input size (``img_scale`` 1, 1): the branches land on strides 8 and 16,
 #: which the decoder takes as they are, and any input side divisible by 16 works. timm's ``crossvit_*_240`` variants
 #: use patches 12 / 16 and resize the input per branch (240 and 224), giving 20x20 and 14x14 grids.
+_CROSSVIT_INPUT: dict[str, Any] = {"patch_size": (8, 16), "img_scale": (1.0, 1.0)}
 CROSSVIT_PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "model_name": "crossvit_15_240",
         "decoder_width": 16,
-        "backbone_kwargs": {"patch_size": (8, 16), "img_scale": (1.0, 1.0)},
+        "backbone_kwargs": dict(_CROSSVIT_INPUT),
     },
     "small": {
         "model_name": "crossvit_15_240",
         "decoder_width": 8,
         "backbone_kwargs": {
-            "patch_size": (8, 16),
-            "img_scale": (1.0, 1.0),
+            **_CROSSVIT_INPUT,
             "embed_dim": (48, 96),
             "depth": ((1, 2, 0), (1, 2, 0)),
             "num_heads": (2, 4),
@@ -67,8 +67,7 @@ CROSSVIT_PRESETS: dict[str, dict[str, Any]] = {
         "model_name": "crossvit_15_240",
         "decoder_width": 4,
         "backbone_kwargs": {
-            "patch_size": (8, 16),
-            "img_scale": (1.0, 1.0),
+            **_CROSSVIT_INPUT,
             "embed_dim": (16, 32),
             "depth": ((1, 1, 0),),
             "num_heads": (1, 2),
@@ -212,9 +211,8 @@ class TimmSegmenter(nn.Module):
         skip_unsupported: bool = True,
         pos_channels: int = 50,
     ) -> None:
-        """Checks every argument before anything is built (early ``ValueError``s that name the argument, as MONAI's
-        networks do), then builds the layers in forward order. Long on purpose: the checks and the layer shapes they
-        guard read top to bottom, and split helpers would each need most of the arguments."""
+        """Checks every argument, then builds the layers in forward order; long on purpose (see "Constructors" in
+        :mod:`kvmonai.networks.nets`)."""
         super().__init__()
         check_option("attention", attention, ATTENTION_VARIANTS)
         sizes = (img_size, img_size) if isinstance(img_size, int) else tuple(int(s) for s in img_size)

@@ -313,9 +313,8 @@ class TransUNet(nn.Module):
         pos_channels: int = 50,
         save_attn: bool = False,
     ) -> None:
-        """Checks every argument before anything is built (early ``ValueError``s that name the argument, as MONAI's
-        networks do), then builds the layers in forward order. Long on purpose: the checks and the layer shapes they
-        guard read top to bottom, and split helpers would each need most of the arguments."""
+        """Checks every argument, then builds the layers in forward order; long on purpose (see "Constructors" in
+        :mod:`kvmonai.networks.nets`)."""
         super().__init__()
         check_option("attention", attention, ATTENTION_VARIANTS)
         if in_channels < 1 or out_channels < 1:

@@ -77,16 +77,10 @@ def test_swap_errors():
         convert_attention(torch.nn.Linear(2, 2), "kv")
 
 
-def test_transformer_block_swap_trains():
+def test_transformer_block_swap_trains(train_losses):
     block = TransformerBlock(32, 64, 4)
     swap_attention(block, "kvpos")
     opt = torch.optim.SGD(block.parameters(), lr=0.1)
     x, target = torch.randn(4, 10, 32), torch.randn(4, 10, 32)
-    losses = []
-    for _ in range(5):
-        opt.zero_grad()
-        loss = torch.nn.functional.mse_loss(block(x), target)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_losses(block, x, target, torch.nn.functional.mse_loss, opt, steps=5)
     assert losses[-1] < losses[0]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -155,46 +153,29 @@ def test_attention_scale():
     assert CvTAttention(96, 3, attn_scale="head").scale == 32**-0.5
 
 
-def test_deterministic_init():
-    torch.manual_seed(0)
-    a = CvTUNet(1, 3, 32, attention="kvpos", **TINY)
-    torch.manual_seed(0)
-    b = CvTUNet(1, 3, 32, attention="kvpos", **TINY)
-    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
-        assert torch.equal(pa, pb), name
+def test_deterministic_init(assert_same_init):
+    assert_same_init(lambda: CvTUNet(1, 3, 32, attention="kvpos", **TINY))
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 @pytest.mark.filterwarnings("ignore:Converting a tensor to a Python boolean")
 @pytest.mark.parametrize(("attention", "kv_mode"), [("qkv", "shared_stride1"), ("kvpos", "down_up")])
-def test_trace_round_trip(attention, kv_mode):
+def test_trace_round_trip(attention, kv_mode, assert_trace_round_trip):
     torch.manual_seed(0)
     net = CvTUNet(1, 3, (32, 48), attention=attention, kv_mode=kv_mode, **TINY).eval()
-    x = torch.randn(2, 1, 32, 48)
-    traced = torch.jit.trace(net, x, check_trace=False)  # compared below, after save and load
-    buffer = io.BytesIO()
-    torch.jit.save(traced, buffer)
-    buffer.seek(0)
-    torch.testing.assert_close(torch.jit.load(buffer)(x), net(x))
+    assert_trace_round_trip(net, torch.randn(2, 1, 32, 48))
 
 
 @pytest.mark.parametrize(
     ("attention", "kv_mode"),
     [("qkv", "shared_stride1"), ("kv", "shared_stride1"), ("kv", "full_res"), ("kvpos", "down_up")],
 )
-def test_training_reduces_loss(attention, kv_mode):
+def test_training_reduces_loss(attention, kv_mode, train_losses):
     torch.manual_seed(0)
     net = CvTUNet(1, 2, 32, attention=attention, kv_mode=kv_mode, **TINY)
     x = torch.randn(4, 1, 32, 32)
     y = (x[:, 0] > 0.5).long()
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(12):
-        loss = F.cross_entropy(net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_losses(net, x, y, F.cross_entropy, torch.optim.Adam(net.parameters(), lr=3e-3), steps=12)
     assert losses[-1] < 0.85 * losses[0]
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 
@@ -88,44 +86,27 @@ def test_weight_standardisation():
     torch.testing.assert_close(conv(x), y, atol=1e-4, rtol=1e-4)
 
 
-def test_deterministic_init():
-    torch.manual_seed(0)
-    a = TransUNet(1, 3, 32, attention="kvpos", **TINY)
-    torch.manual_seed(0)
-    b = TransUNet(1, 3, 32, attention="kvpos", **TINY)
-    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
-        assert torch.equal(pa, pb), name
+def test_deterministic_init(assert_same_init):
+    assert_same_init(lambda: TransUNet(1, 3, 32, attention="kvpos", **TINY))
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 @pytest.mark.filterwarnings("ignore:Converting a tensor to a Python boolean")
 @pytest.mark.parametrize("attention", ["qkv", "kvpos"])
-def test_trace_round_trip(attention):
+def test_trace_round_trip(attention, assert_trace_round_trip):
     torch.manual_seed(0)
     net = TransUNet(1, 3, (32, 48), attention=attention, **TINY).eval()
-    x = torch.randn(2, 1, 32, 48)
-    traced = torch.jit.trace(net, x, check_trace=False)  # compared below, after save and load
-    buffer = io.BytesIO()
-    torch.jit.save(traced, buffer)
-    buffer.seek(0)
-    loaded = torch.jit.load(buffer)
-    torch.testing.assert_close(loaded(x), net(x))
+    assert_trace_round_trip(net, torch.randn(2, 1, 32, 48))
 
 
 @pytest.mark.parametrize("attention", ["qkv", "kv", "kvpos"])
-def test_training_reduces_loss(attention):
+def test_training_reduces_loss(attention, train_losses):
     torch.manual_seed(0)
     net = TransUNet(1, 2, 32, attention=attention, **TINY)
     x = torch.randn(4, 1, 32, 32)
     y = (x[:, 0] > 0.5).long()  # a learnable pixel-wise target
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(12):
-        loss = torch.nn.functional.cross_entropy(net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_losses(net, x, y, torch.nn.functional.cross_entropy, opt, steps=12)
     assert losses[-1] < 0.85 * losses[0]
 
 
