@@ -4,8 +4,8 @@ MONAI datalists and 2.5D transforms, and inference inputs (NIfTI, DICOM, PNG).
 Submodules: :mod:`~kvmonai.data.rle` (run-length codec), :mod:`~kvmonai.data.kaggle` (csv + PNG tree reader),
 :mod:`~kvmonai.data.synth` (synthetic dataset) and :mod:`~kvmonai.data.phantom` (its anatomy renderer),
 :mod:`~kvmonai.data.prepare` (NIfTI volumes + datalist),
-:mod:`~kvmonai.data.datalist` (folds, per-slice expansion), :mod:`~kvmonai.portable.transforms` (MONAI transforms, re-exported) and
-:mod:`~kvmonai.data.io` (inference inputs). See ``docs/data.md``.
+:mod:`~kvmonai.data.datalist` (folds, per-slice expansion), :mod:`~kvmonai.portable.transforms` (MONAI transforms,
+re-exported) and :mod:`~kvmonai.data.io` (inference inputs). See ``docs/data.md``.
 
 The names below are imported on first use, so that importing :mod:`kvmonai.data` (and running ``kvmonai synth``
 or ``kvmonai prepare --help``) does not load torch and MONAI.

@@ -111,6 +111,7 @@ def write_dicom_series(
     out.mkdir(parents=True, exist_ok=True)
     if any(p.suffix == ".dcm" for p in out.iterdir()):
         raise ValueError(f"{out}: already holds DICOM files; write each series into an empty folder.")
+
     def new_uid(role: str) -> str:
         return generate_uid(entropy_srcs=[uid_seed, role]) if uid_seed is not None else generate_uid()
 

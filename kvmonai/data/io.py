@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +21,18 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform
 from monai.utils import SpaceKeys
 
 from kvmonai.data.kaggle import SLICE_THICKNESS_MM, KaggleFormatError, parse_slice_filename, read_slice_png
 from kvmonai.data.prepare import kaggle_affine
 from kvmonai.portable.errors import InputFormatError
-from kvmonai.portable.volume import CANONICAL_AXCODES, RAS_AXIS_LABELS, to_canonical
-from kvmonai.portable.volume import LoadNiftiOrDicomd, load_nifti_or_dicom
+from kvmonai.portable.volume import (
+    CANONICAL_AXCODES,
+    RAS_AXIS_LABELS,
+    LoadNiftiOrDicomd,
+    load_nifti_or_dicom,
+    to_canonical,
+)
 
 __all__ = ["CANONICAL_AXCODES", "RAS_AXIS_LABELS", "LoadVolumed", "load_volume"]
 

@@ -28,9 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kvmonai.utils import KVMonaiError
 from kvmonai.data.rle import RLEError, parse_rle, rle_decode, rle_end
-from kvmonai.utils import short_list
+from kvmonai.utils import KVMonaiError, short_list
 
 __all__ = [
     "CLASSES",

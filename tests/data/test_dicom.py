@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import shutil
 from pathlib import Path
 
@@ -21,7 +20,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:builtin type:DeprecationWarning"
 pydicom = pytest.importorskip("pydicom")
 hd = pytest.importorskip("highdicom")
 from pydicom.data import get_testdata_file  # noqa: E402
-from pydicom.uid import generate_uid  # noqa: E402
 
 LABELS = ["large_bowel", "small_bowel", "stomach"]
 #: thresholds that turn a volume into three overlapping "organs" whose truth is known on every source pixel
@@ -77,7 +75,11 @@ def test_seg_segments_are_coded_and_name_the_algorithm(tmp_path):
     _, _, seg, _ = _seg_round_trip(info.folder, tmp_path / "out")
     segments = list(seg.SegmentSequence)
     assert [s.SegmentLabel for s in segments] == [SEGMENT_CODES[k][0] for k in LABELS]
-    assert [(s.SegmentedPropertyTypeCodeSequence[0].CodeValue) for s in segments] == ["14742008", "30315005", "69695003"]
+    assert [(s.SegmentedPropertyTypeCodeSequence[0].CodeValue) for s in segments] == [
+        "14742008",
+        "30315005",
+        "69695003",
+    ]
     for s in segments:
         assert s.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator == "SCT"
         assert s.SegmentedPropertyCategoryCodeSequence[0].CodeMeaning == "Anatomical Structure"
@@ -138,7 +140,9 @@ def test_two_series_are_listed_and_one_can_be_chosen(tmp_path):
     )
     for f in b.files:
         shutil.copy(f, a / f"b_{f.name}")
-    with pytest.raises(DicomInputError, match=r"(?s)holds 2 image series.*series 1 'synthetic abdominal MR'.*series 7 'T2'"):
+    with pytest.raises(
+        DicomInputError, match=r"(?s)holds 2 image series.*series 1 'synthetic abdominal MR'.*series 7 'T2'"
+    ):
         load_nifti_or_dicom(a)
     assert load_nifti_or_dicom(a, series=b.series_uid).shape[-1] == 4
     assert load_nifti_or_dicom(a, series="7").shape[-1] == 4

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import nibabel as nib
 import numpy as np
 import pytest
@@ -18,7 +16,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:builtin type:DeprecationWarning"
 
 pydicom = pytest.importorskip("pydicom")
 from pydicom.data import get_testdata_file  # noqa: E402
-from pydicom.uid import generate_uid  # noqa: E402
 
 
 @pytest.mark.parametrize("reader", ["itk", "pydicom"])
