@@ -40,6 +40,14 @@ def _volume(prepared: Path) -> tuple[Path, Path]:
     return Path(prepared).parent / volume["image"], Path(prepared).parent / volume["label"]
 
 
+def _cpu_has_amx_int8() -> bool:
+    """Whether the CPU has Intel AMX int8 tiles (``amx_int8`` in /proc/cpuinfo), whose int8 kernels OpenVINO uses."""
+    try:
+        return "amx_int8" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["setr_kv", "swin_unetr_kv"])
 def test_openvino_and_int8_agree_with_torch(name, prepared, copy_bundle, fit_bundle, tmp_path, caplog):
@@ -70,8 +78,11 @@ def test_openvino_and_int8_agree_with_torch(name, prepared, copy_bundle, fit_bun
         report = quantize_bundle(root, prepared, subset=16, overrides={"preset": "tiny", "img_size": SIZE})
     except QuantizationRefusedError as refused:
         # the Dice guard at work: measured for SwinUNETR-KV on the AVX-512 VNNI Zen 5 of 2026-12-02 (int8 Dice 0.01
-        # against fp32 0.46), not on the AVX2 Zen 3; it must leave nothing behind, and SETR must never need it
-        assert name != "setr_kv", refused
+        # against fp32 0.46), not on the AVX2 Zen 3; it must leave nothing behind. SETR-KV never needed it there, but
+        # on the Intel Xeon with AMX of 2026-12-05 its int8 lost 0.0138 of a 0.318 validation Dice with 0.01 % of
+        # voxels differing (64 calibration slices: 0.0152), so the guard refused it: AMX's int8 kernels round
+        # otherwise, and this tiny network's validation Dice rests on few voxels. Only there may SETR be refused.
+        assert name != "setr_kv" or _cpu_has_amx_int8(), refused
         assert not (root / "models" / "model_int8.xml").exists()
         pytest.xfail(f"int8 refused by the Dice guard on this CPU: {refused}")
     record = json.loads((root / "models" / "model_int8.json").read_text())
