@@ -136,10 +136,13 @@ def _jobs(jobs: int | None, device: str) -> int:
     return jobs
 
 
-def _positive(value: float, name: str) -> float:
-    if not value > 0:
-        raise SystemExit(f"error: {name} must be > 0, got {value}.")
-    return value
+def _verdict_options(args: argparse.Namespace) -> dict[str, float]:
+    """``--margin`` and ``--alpha``, checked before any data is written or trained (the verdict comes at the end)."""
+    if not args.margin > 0:
+        raise SystemExit(f"error: --margin must be > 0, got {args.margin}.")
+    if not 0 < args.alpha < 1:
+        raise SystemExit(f"error: --alpha must be between 0 and 1, got {args.alpha}.")
+    return {"margin": args.margin, "alpha": args.alpha}
 
 
 def _recipe(args: argparse.Namespace) -> dict:
@@ -170,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     # a problem of the study (the runs' own logs keep every message)
     logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
-    recipe = _recipe(args)
+    recipe, verdict = _recipe(args), _verdict_options(args)
     datalist, note, synthetic, default_name = _resolve_data(args)
     name = args.name or f"{default_name}_{recipe['preset']}"
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -189,10 +192,7 @@ def run(args: argparse.Namespace) -> int:
         reference=args.reference,
         jobs=_jobs(args.jobs, device),
         verbose=args.verbose,
-        margin=_positive(args.margin, "--margin"),
-        alpha=args.alpha
-        if 0 < args.alpha < 1
-        else _positive(-1, f"--alpha must be between 0 and 1, got {args.alpha}; --alpha"),
+        **verdict,
         overrides={
             "slices_per_volume": recipe["slices_per_volume"],
             "volumes_per_batch": recipe["volumes_per_batch"],
